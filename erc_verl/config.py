@@ -1,0 +1,59 @@
+"""ERCPolicyLossConfig: the policy-loss settings ERC adds to verl's, validated when built."""
+
+import math
+from dataclasses import dataclass
+
+from verl.workers.config import PolicyLossConfig
+
+# Loss modes whose gradient is gated by the entropy ratio.
+ERC_LOSS_MODES = ("dapo_erc", "gppo_erc")
+# Every loss mode this package registers (gppo is the ungated GPPO baseline).
+REGISTERED_LOSS_MODES = ("dapo_erc", "gppo", "gppo_erc")
+
+# Dotted path users (and recipes) put in `actor_rollout_ref.actor.policy_loss._target_`.
+TARGET = "erc_verl.ERCPolicyLossConfig"
+
+
+@dataclass
+class ERCPolicyLossConfig(PolicyLossConfig):
+    """verl's PolicyLossConfig plus Entropy Ratio Clipping (arXiv 2512.05591).
+
+    Select it with `_target_: erc_verl.ERCPolicyLossConfig` under
+    `actor_rollout_ref.actor.policy_loss` (the recipes and the shipped Hydra snippet do).
+    """
+
+    # Lower bound of the entropy-ratio band. A response token keeps its gradient only when
+    # entropy_ratio_low < H_cur / H_old < entropy_ratio_high (strict). Paper: 0.95.
+    entropy_ratio_low: float = 0.95
+    # Upper bound of the entropy-ratio band. Paper: 1.05.
+    entropy_ratio_high: float = 1.05
+    # CE-GPPO (arXiv 2509.20712) weight on the gradient of tokens clipped below 1 - clip_ratio_low
+    # with negative advantage. 1.0 is GPPO (arXiv 2508.07629), 0.0 is plain PPO-clip.
+    gppo_beta_low: float = 1.0
+    # CE-GPPO weight on the gradient of tokens clipped above 1 + clip_ratio_high with positive
+    # advantage. 1.0 is GPPO, 0.0 is plain PPO-clip.
+    gppo_beta_high: float = 1.0
+    # Log the entropy-ratio metrics (actor/erc_keep_frac, actor/entropy_ratio_mean, ...) for any
+    # loss mode, e.g. a `vanilla` or `gppo` baseline. Never changes a gradient. ERC modes always log.
+    entropy_ratio_monitor: bool = False
+
+    def __post_init__(self):
+        for name in ("entropy_ratio_low", "entropy_ratio_high", "gppo_beta_low", "gppo_beta_high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"policy_loss.{name} must be a finite number, got {value!r}")
+        if not 0.0 < self.entropy_ratio_low < 1.0:
+            raise ValueError(
+                f"policy_loss.entropy_ratio_low must lie in (0, 1), got {self.entropy_ratio_low} (paper: 0.95)"
+            )
+        if not self.entropy_ratio_high > 1.0:
+            raise ValueError(
+                f"policy_loss.entropy_ratio_high must be > 1, got {self.entropy_ratio_high} (paper: 1.05)"
+            )
+        for name in ("gppo_beta_low", "gppo_beta_high"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"policy_loss.{name} must be >= 0 (1.0 is GPPO), got {getattr(self, name)}")
+        if not isinstance(self.entropy_ratio_monitor, bool):
+            raise ValueError(
+                f"policy_loss.entropy_ratio_monitor must be true or false, got {self.entropy_ratio_monitor!r}"
+            )
