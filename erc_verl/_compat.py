@@ -5,6 +5,8 @@ from importlib import metadata
 # The runtime plumbing wraps verl internals whose shape changes between releases,
 # so exactly one release is accepted. Patched forks at other commits use patches/.
 SUPPORTED_VERL = "0.9.1"
+# Releases patches/ has a folder for. A tree carrying those patches is accepted at these.
+PATCH_SET_VERSIONS = ("0.7.1", "0.9.1")
 
 
 def installed_verl_version() -> str | None:
@@ -21,10 +23,19 @@ def check_verl_version() -> str:
             f"erc_verl needs verl=={SUPPORTED_VERL}, but verl is not installed: "
             f"pip install 'verl=={SUPPORTED_VERL}'"
         )
-    if found != SUPPORTED_VERL:
+    if found != SUPPORTED_VERL and not (found in PATCH_SET_VERSIONS and tree_is_patched()):
         raise ImportError(
             f"erc_verl supports verl=={SUPPORTED_VERL} only; found verl {found}. "
             f"Install the supported release (pip install 'verl=={SUPPORTED_VERL}'), "
             "or apply patches/ to your own verl tree (see patches/README.md)."
         )
     return found
+
+
+def tree_is_patched() -> bool:
+    """True when the installed verl carries patches/ (it then feeds entropies itself)."""
+    from verl.trainer.ppo import core_algos
+
+    # patches/ define this marker in core_algos; such a tree passes entropy and old_entropy to
+    # policy-loss functions itself, and the runtime plumbing stays out of the way.
+    return getattr(core_algos, "POLICY_LOSS_ENTROPY_KWARGS", None) is not None

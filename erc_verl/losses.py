@@ -1,0 +1,197 @@
+"""The formulas: the entropy-ratio gate, the GPPO base loss, and ERC around any base loss.
+
+This module is the single source of truth for every ERC formula (erc-spec.md sections 2-3).
+It knows verl's policy-loss calling convention and nothing of verl's workers.
+"""
+
+from typing import Any, Callable
+
+import torch
+from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla
+
+from .metrics import entropy_ratio_metrics
+
+# Added to both entropies so a zero-entropy (one-hot) position gives a finite ratio.
+RATIO_EPS = 1e-8
+# Same clamp as verl's PPO-clip, so the GPPO ratio matches verl's bit for bit.
+LOG_RATIO_CLAMP = 20.0
+
+WIRING_HINT = (
+    "On stock verl 0.9.1 `import erc_verl` (or the `verl.plugins` entry point / "
+    "VERL_USE_EXTERNAL_MODULES=erc_verl) installs plumbing that feeds them; on a verl fork apply "
+    "patches/ (scripts/apply_patches.sh). Calling the loss directly: pass "
+    "entropy=<current-policy entropy> and old_entropy=<old-policy entropy>, both shaped like log_prob."
+)
+
+
+def entropy_ratio(entropy: torch.Tensor, old_entropy: torch.Tensor) -> torch.Tensor:
+    """rho = (H_cur + eps) / (H_old + eps), in float32 and outside autograd.
+
+    float32 because a bf16 ratio rounds 0.999 to 1.0 and flips the band test; detached
+    because ERC's keep mask is a boolean gate, never a path for gradient.
+    """
+    return (entropy.detach().float() + RATIO_EPS) / (old_entropy.detach().float() + RATIO_EPS)
+
+
+def erc_keep_mask(ratio: torch.Tensor, response_mask: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Response tokens whose entropy ratio lies strictly inside (low, high)."""
+    return response_mask.bool() & (ratio > low) & (ratio < high)
+
+
+def erc_gate(log_prob: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """log_prob with its gradient stopped where keep is False; forward values unchanged.
+
+    A per-token policy loss depends on the parameters only through its own log_prob[t]
+    (advantages, old log-probs and IS weights are constants), so stopping the gradient of
+    log_prob[t] is exactly loss_t = keep ? loss_t : stop_gradient(loss_t), for any such base
+    loss, clip and dual-clip included. The token stays in the aggregation's denominator.
+    """
+    return torch.where(keep, log_prob, log_prob.detach())
+
+
+def _clip_bounds(config) -> tuple[float, float, float]:
+    clip_ratio = config.clip_ratio
+    low = config.clip_ratio_low if config.clip_ratio_low is not None else clip_ratio
+    high = config.clip_ratio_high if config.clip_ratio_high is not None else clip_ratio
+    clip_ratio_c = config.get("clip_ratio_c", 3.0)
+    if not clip_ratio_c > 1.0:
+        raise ValueError(f"actor.clip_ratio_c (dual-clip constant) must be > 1, got {clip_ratio_c}")
+    return low, high, clip_ratio_c
+
+
+def _global_batch_info(config) -> dict:
+    # verl >= 0.8 normalises over the global mini-batch; older actors have no such field.
+    return dict(getattr(config, "global_batch_info", None) or {})
+
+
+def compute_policy_loss_gppo(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config=None,
+    rollout_is_weights: torch.Tensor | None = None,
+    **_unused,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """GPPO (Klear-Reasoner, arXiv 2508.07629) with the CE-GPPO weights (arXiv 2509.20712).
+
+    Forward value equals PPO-clip with dual-clip. Tokens clipped above 1+eps_h with A > 0 keep
+    the gradient beta_high * (1+eps_h) * A * grad(log_prob) (PPO-clip gives 0), tokens below
+    1-eps_l with A < 0 keep beta_low * (1-eps_l) * A * grad(log_prob). beta = 1 is GPPO,
+    beta = 0 is PPO-clip. The dual-clip branch (A < 0, r > c) stays gradient-free as in verl.
+    """
+    if config is None:
+        raise ValueError("gppo needs the actor config (clip_ratio_low/high, clip_ratio_c)")
+    eps_low, eps_high, clip_ratio_c = _clip_bounds(config)
+    policy_loss_config = config.policy_loss
+    beta_low = float(policy_loss_config.get("gppo_beta_low", 1.0))
+    beta_high = float(policy_loss_config.get("gppo_beta_high", 1.0))
+
+    log_ratio = torch.clamp(log_prob - old_log_prob, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    # r / sg(r): 1 in the forward pass, d(log_prob) in the backward pass.
+    unit = ratio / ratio.detach()
+    lower = (1.0 - eps_low) * (1.0 + beta_low * (unit - 1.0))
+    upper = (1.0 + eps_high) * (1.0 + beta_high * (unit - 1.0))
+    clipped_ratio = torch.where(ratio < 1.0 - eps_low, lower, torch.where(ratio > 1.0 + eps_high, upper, ratio))
+
+    pg_losses1 = -advantages * ratio
+    pg_losses2 = -advantages * clipped_ratio
+    clip_pg_losses1 = torch.maximum(pg_losses1, pg_losses2)
+    pg_losses3 = -advantages * clip_ratio_c
+    clip_pg_losses2 = torch.minimum(pg_losses3, clip_pg_losses1)
+    pg_losses = torch.where(advantages < 0, clip_pg_losses2, clip_pg_losses1)
+    if rollout_is_weights is not None:
+        pg_losses = pg_losses * rollout_is_weights
+
+    pg_loss = agg_loss(
+        loss_mat=pg_losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **_global_batch_info(config)
+    )
+
+    mask = response_mask.bool()
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        pg_clipfrac = ((pg_losses2 > pg_losses1) & mask).sum() / n
+        pg_clipfrac_lower = ((clip_pg_losses1 > pg_losses3) & (advantages < 0) & mask).sum() / n
+        ppo_kl = (-log_ratio * mask).sum() / n
+    metrics = {
+        "actor/pg_clipfrac": pg_clipfrac.item(),
+        "actor/ppo_kl": ppo_kl.item(),
+        "actor/pg_clipfrac_lower": pg_clipfrac_lower.item(),
+    }
+    return pg_loss, metrics
+
+
+def erc_band(config) -> tuple[float, float]:
+    """(low, high) from the actor config; refuses a config that lacks ERC's fields."""
+    policy_loss_config = getattr(config, "policy_loss", None) if config is not None else None
+    if policy_loss_config is None or policy_loss_config.get("entropy_ratio_low", None) is None:
+        raise ValueError(
+            "An ERC loss mode needs the ERC settings: set "
+            "actor_rollout_ref.actor.policy_loss._target_=erc_verl.ERCPolicyLossConfig "
+            "(or compose the shipped snippet: +policy_loss@actor_rollout_ref.actor.policy_loss=erc "
+            "with hydra.searchpath=[pkg://erc_verl.config])."
+        )
+    return float(policy_loss_config.entropy_ratio_low), float(policy_loss_config.entropy_ratio_high)
+
+
+def require_entropies(loss_mode: str, entropy, old_entropy, log_prob: torch.Tensor) -> None:
+    missing = [name for name, value in (("entropy", entropy), ("old_entropy", old_entropy)) if value is None]
+    if missing:
+        raise ValueError(f"loss_mode={loss_mode!r} needs {' and '.join(missing)}, which did not reach it. {WIRING_HINT}")
+    for name, value in (("entropy", entropy), ("old_entropy", old_entropy)):
+        if value.shape != log_prob.shape:
+            raise ValueError(
+                f"loss_mode={loss_mode!r}: {name} has shape {tuple(value.shape)}, "
+                f"log_prob has {tuple(log_prob.shape)}; both entropies must be per response token."
+            )
+
+
+def with_erc(base_fn: Callable, loss_mode: str) -> Callable:
+    """Wrap a verl-convention policy loss so only in-band tokens carry gradient."""
+
+    def erc_policy_loss(
+        old_log_prob: torch.Tensor,
+        log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        loss_agg_mode: str = "token-mean",
+        config=None,
+        rollout_is_weights: torch.Tensor | None = None,
+        *,
+        entropy: torch.Tensor | None = None,
+        old_entropy: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        low, high = erc_band(config)
+        require_entropies(loss_mode, entropy, old_entropy, log_prob)
+        ratio = entropy_ratio(entropy, old_entropy)
+        keep = erc_keep_mask(ratio, response_mask, low, high)
+        pg_loss, metrics = base_fn(
+            old_log_prob=old_log_prob,
+            log_prob=erc_gate(log_prob, keep),
+            advantages=advantages,
+            response_mask=response_mask,
+            loss_agg_mode=loss_agg_mode,
+            config=config,
+            rollout_is_weights=rollout_is_weights,
+            **kwargs,
+        )
+        metrics.update(
+            entropy_ratio_metrics(ratio, response_mask, low, high, keep=keep, **_global_batch_info(config))
+        )
+        return pg_loss, metrics
+
+    erc_policy_loss.__name__ = f"compute_policy_loss_{loss_mode}"
+    erc_policy_loss.__qualname__ = erc_policy_loss.__name__
+    erc_policy_loss.__doc__ = (
+        f"{loss_mode}: `{getattr(base_fn, '__name__', base_fn)}` gated by Entropy Ratio Clipping "
+        "(arXiv 2512.05591): tokens with entropy ratio outside (low, high) keep their loss value "
+        "but contribute no gradient."
+    )
+    return erc_policy_loss
+
+
+compute_policy_loss_dapo_erc = with_erc(compute_policy_loss_vanilla, "dapo_erc")
+compute_policy_loss_gppo_erc = with_erc(compute_policy_loss_gppo, "gppo_erc")

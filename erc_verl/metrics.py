@@ -1,0 +1,76 @@
+"""Entropy-ratio statistics logged by every update that has both entropies.
+
+Names (after verl's `actor/` prefix): erc_keep_frac, erc_clip_frac_low, erc_clip_frac_high,
+entropy_ratio_mean, entropy_ratio_min, entropy_ratio_max.
+
+Aggregation. verl 0.9.1's engine calls the loss once per micro-batch and then reduces each
+metric over micro-batches and data-parallel ranks. A fraction must be weighted by tokens, not
+averaged over micro-batches of different sizes, so when the global token count of the
+mini-batch is known (`batch_num_tokens`, `dp_size`), each micro-batch reports its share
+count * dp_size / batch_num_tokens as a SUM metric (verl averages SUM metrics over ranks, then
+sums over micro-batches: sum of all counts / batch_num_tokens). min and max use MIN/MAX
+aggregation. Without global counts (a direct call, or an actor that does not provide them)
+plain floats for the micro-batch are returned, as verl's own loss functions do.
+"""
+
+import math
+
+import torch
+
+METRIC_NAMES = (
+    "actor/erc_keep_frac",
+    "actor/erc_clip_frac_low",
+    "actor/erc_clip_frac_high",
+    "actor/entropy_ratio_mean",
+    "actor/entropy_ratio_min",
+    "actor/entropy_ratio_max",
+)
+
+
+@torch.no_grad()
+def entropy_ratio_metrics(
+    ratio: torch.Tensor,
+    response_mask: torch.Tensor,
+    low: float,
+    high: float,
+    keep: torch.Tensor | None = None,
+    batch_num_tokens=None,
+    dp_size: int = 1,
+    **_unused,
+) -> dict:
+    """Keep / cut fractions and ratio statistics over the response tokens of one micro-batch.
+
+    `ratio` is erc_verl.losses.entropy_ratio(...) (float32). `keep` defaults to the strict band
+    test, so monitor mode reports exactly what ERC would keep.
+    """
+    mask = response_mask.bool()
+    if keep is None:
+        keep = mask & (ratio > low) & (ratio < high)
+    sums = {
+        "actor/erc_keep_frac": (keep & mask).sum(),
+        "actor/erc_clip_frac_low": (mask & (ratio <= low)).sum(),
+        "actor/erc_clip_frac_high": (mask & (ratio >= high)).sum(),
+        "actor/entropy_ratio_mean": torch.where(mask, ratio, 0.0).double().sum(),
+    }
+    n_local = int(mask.sum())
+    # An empty micro-batch must not win a min/max reduction.
+    ratio_min = ratio[mask].min().item() if n_local else math.inf
+    ratio_max = ratio[mask].max().item() if n_local else -math.inf
+
+    if batch_num_tokens is None:
+        denom = max(n_local, 1)
+        out = {key: value.item() / denom for key, value in sums.items()}
+        out["actor/entropy_ratio_min"] = ratio_min
+        out["actor/entropy_ratio_max"] = ratio_max
+        return out
+
+    from verl.utils.metric import AggregationType, Metric
+
+    total = float(batch_num_tokens)
+    if torch.is_tensor(batch_num_tokens):
+        total = float(batch_num_tokens.item())
+    scale = float(dp_size) / max(total, 1.0)
+    out = {key: Metric(AggregationType.SUM, value.item() * scale) for key, value in sums.items()}
+    out["actor/entropy_ratio_min"] = Metric(AggregationType.MIN, ratio_min)
+    out["actor/entropy_ratio_max"] = Metric(AggregationType.MAX, ratio_max)
+    return out

@@ -1,0 +1,238 @@
+"""A CPU platform for verl 0.9.x, so its real FSDP engine can run in one CPU process.
+
+verl resolves its hardware platform once per process (``verl.plugin.platform.get_platform``)
+and looks the training engine up by device name in ``EngineRegistry``. Stock verl ships only
+accelerator platforms and registers the FSDP engines for ``cuda``/``npu``. This module adds a
+``cpu`` platform (device ``cpu``, backend ``gloo``) and registers the stock FSDP engines for
+device ``cpu`` too, without touching verl's files.
+
+Select it with ``VERL_PLATFORM=cpu`` set *before* anything in verl first calls
+``get_platform()`` (the choice is cached for the life of the process), then call
+:func:`register_cpu_platform`. ``erc_verl.engine_cpu`` does both for you.
+
+This is for tests, the CPU demo and the overhead benchmark; it is never needed on a GPU box.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import psutil
+import torch
+
+PLATFORM_NAME = "cpu"
+
+
+class _CPUDeviceModule(types.ModuleType):
+    """``torch.cpu`` plus the ``torch.cuda``-style calls verl makes on ``get_torch_device()``.
+
+    verl calls things like ``empty_cache()``, ``max_memory_allocated()``, ``mem_get_info()``
+    and ``get_rng_state()`` on the device module; ``torch.cpu`` lacks them. Memory counters
+    read 0 (there is no device allocator to ask); everything else falls through to ``torch.cpu``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.cpu, name)
+
+    # memory: no separate device memory on CPU
+    @staticmethod
+    def empty_cache() -> None:
+        return None
+
+    @staticmethod
+    def ipc_collect() -> None:
+        return None
+
+    @staticmethod
+    def memory_allocated(device=None) -> int:
+        return 0
+
+    @staticmethod
+    def memory_reserved(device=None) -> int:
+        return 0
+
+    @staticmethod
+    def max_memory_allocated(device=None) -> int:
+        return 0
+
+    @staticmethod
+    def max_memory_reserved(device=None) -> int:
+        return 0
+
+    @staticmethod
+    def reset_peak_memory_stats(device=None) -> None:
+        return None
+
+    @staticmethod
+    def set_per_process_memory_fraction(fraction, device=None) -> None:
+        return None
+
+    @staticmethod
+    def mem_get_info(device=None) -> tuple[int, int]:
+        vm = psutil.virtual_memory()
+        return vm.available, vm.total
+
+    # RNG: the CPU generator is the global torch one
+    @staticmethod
+    def get_rng_state(device=None) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(state, device=None) -> None:
+        torch.set_rng_state(state)
+
+    @staticmethod
+    def manual_seed(seed: int) -> None:
+        torch.manual_seed(seed)
+
+    @staticmethod
+    def manual_seed_all(seed: int) -> None:
+        torch.manual_seed(seed)
+
+    @staticmethod
+    def get_device_name(device=None) -> str:
+        return "cpu"
+
+
+_DEVICE_MODULE = _CPUDeviceModule("erc_verl_cpu_device")
+
+
+def _platform_class():
+    # Built lazily so importing this module does not import verl.
+    from verl.plugin.platform import PlatformBase
+
+    class PlatformCPU(PlatformBase):
+        """verl platform for plain CPU: device ``cpu``, collectives over ``gloo``."""
+
+        @property
+        def device_name(self) -> str:
+            return "cpu"
+
+        @property
+        def vendor_name(self) -> str:
+            return "cpu"
+
+        @property
+        def device_module(self) -> types.ModuleType:
+            return _DEVICE_MODULE
+
+        def is_available(self) -> bool:
+            return True
+
+        def is_platform_available(self, use_smi_check=False) -> bool:
+            # Never auto-detected: only an explicit VERL_PLATFORM=cpu selects it, so a GPU
+            # box that merely imports this module keeps its accelerator platform.
+            return False
+
+        def current_device(self):
+            # verl does ``tensor.to(get_device_id())``; "cpu" is the only valid target here.
+            return "cpu"
+
+        def device_count(self) -> int:
+            return 1
+
+        def set_device(self, device_index) -> None:
+            return None
+
+        def synchronize(self, device_index: Optional[int] = None) -> None:
+            return None
+
+        def manual_seed(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def manual_seed_all(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def set_allocator_settings(self, settings: str) -> None:
+            return None
+
+        def empty_cache(self) -> None:
+            return None
+
+        def get_device_capability(self, device_index: int = 0):
+            return None, None
+
+        def communication_backend_name(self) -> str:
+            return "gloo"
+
+        def visible_devices_envvar(self) -> str:
+            # Worker.__init__ reads and writes this variable; a name nothing else uses.
+            return "ERC_VERL_CPU_VISIBLE_DEVICES"
+
+        @contextmanager
+        def nvtx_range(self, msg: str):
+            yield
+
+        def profiler_start(self) -> None:
+            return None
+
+        def profiler_stop(self) -> None:
+            return None
+
+        def ray_resource_name(self) -> str:
+            return "CPU"
+
+        def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
+            return {"num_cpus": num_gpus}
+
+        def ray_noset_envvars(self) -> list[str]:
+            return []
+
+        def is_ipc_supported(self) -> bool:
+            return False
+
+        def cudart(self) -> Any:
+            return None
+
+    return PlatformCPU
+
+
+def _cpu_selected() -> bool:
+    """True when this process has picked (or is about to pick) the CPU platform."""
+    from verl.plugin.platform import platform_manager
+
+    current = platform_manager._current_platform
+    if current is not None:
+        return current.device_name == "cpu"
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME
+
+
+def _register_cpu_engines() -> None:
+    # Importing transformer_impl resolves the platform (module-level get_device_name()),
+    # so this only runs once the CPU platform is the one selected.
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+
+    for model_type, engine_cls in (
+        ("language_model", FSDPEngineWithLMHead),
+        ("value_model", FSDPEngineWithValueHead),
+    ):
+        for backend in ("fsdp", "fsdp2"):
+            registry = EngineRegistry._engines.setdefault(model_type, {}).setdefault(backend, {})
+            # EngineRegistry.register asserts on duplicates; check first to stay idempotent.
+            if "cpu" not in registry:
+                EngineRegistry.register(model_type=model_type, backend=backend, device="cpu")(engine_cls)
+
+
+def register_cpu_platform() -> bool:
+    """Register the ``cpu`` platform and, if it is the selected one, the FSDP engines for it.
+
+    Safe to call any number of times. Returns True when the CPU platform is selected in this
+    process (``VERL_PLATFORM=cpu``, or already resolved to cpu) and the engines are registered;
+    False when only the platform class was registered (another platform is in use).
+    """
+    from verl.plugin.platform import PlatformRegistry
+
+    existing = PlatformRegistry.get(PLATFORM_NAME)
+    if existing is None or not getattr(existing, "_erc_verl_cpu", False):
+        cls = _platform_class()
+        cls._erc_verl_cpu = True
+        PlatformRegistry.register(platform=PLATFORM_NAME)(cls)
+
+    if not _cpu_selected():
+        return False
+    _register_cpu_engines()
+    return True
