@@ -1,0 +1,170 @@
+"""ERC through verl 0.9.1's real actor update: engine TrainingWorker (FSDP2 over gloo) on CPU.
+
+Each test does what the V1 trainer does: the old-log-prob pass with entropy, then
+`train_mini_batch` on a batch carrying `old_log_probs`, `advantages` and the OLD entropy as
+`entropy`, with the loss `partial(ppo_loss, config=actor_config)` bound as init_model binds it.
+"""
+
+import math
+
+import pytest
+import torch
+
+from erc_verl import engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from erc_verl.metrics import METRIC_NAMES
+
+BSZ, PROMPT_LEN, RESPONSE_LEN = 8, 6, 12
+ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return engine_cpu.tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), vocab_size=512, hidden_size=64, layers=2)
+
+
+@pytest.fixture(scope="module")
+def peaked_model_dir(model_dir, tmp_path_factory):
+    """The tiny model with a sharper output head: a random init is near-uniform over the
+    vocabulary, where entropy barely moves; a trained policy's distributions are peaked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny_qwen2_peaked")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 500, (PROMPT_LEN - i % 3,), generator=gen).tolist() for i in range(BSZ)]
+    responses = [torch.randint(3, 500, (RESPONSE_LEN - i,), generator=gen).tolist() for i in range(BSZ)]
+    batch = engine_cpu.make_batch(prompts, responses)
+    mask = batch["response_mask"].float()
+    advantages = torch.randn(BSZ, 1, generator=gen).expand(BSZ, RESPONSE_LEN) * mask
+    return batch, advantages
+
+
+def build(model_dir, loss_mode, lr=1e-3, mini=BSZ, **policy_loss):
+    return engine_cpu.build_actor_worker(
+        model_dir,
+        policy_loss={"_target_": ERC_TARGET, "loss_mode": loss_mode, **policy_loss},
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=10.0,
+        lr=lr,
+        micro_batch_size=2,
+        ppo_mini_batch_size=mini,
+    )
+
+
+def old_pass_and_update(worker, rollout, entropy_scale=1.0, mini=BSZ, layout="nested"):
+    batch, advantages = rollout
+    old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0, layout=layout)
+    before = engine_cpu.get_params(worker)
+    metrics = engine_cpu.update_actor(
+        worker,
+        batch,
+        old_log_probs,
+        None if old_entropy is None else old_entropy * entropy_scale,
+        advantages,
+        ppo_mini_batch_size=mini,
+        temperature=1.0,
+        layout=layout,
+    )
+    return before, engine_cpu.get_params(worker), metrics
+
+
+def max_change(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("layout", ["nested", "padded"])
+def test_open_band_updates_exactly_like_vanilla(model_dir, rollout, layout):
+    # nested: the V1 trainer's batch layout; padded: the v0 trainer's (ray_trainer.py) layout.
+    _, vanilla_after, vanilla_metrics = old_pass_and_update(build(model_dir, "vanilla"), rollout, layout=layout)
+    before, erc_after, erc_metrics = old_pass_and_update(
+        build(model_dir, "dapo_erc", entropy_ratio_low=1e-9, entropy_ratio_high=1e9), rollout, layout=layout
+    )
+    assert max_change(before, erc_after) > 0
+    for name in vanilla_after:
+        torch.testing.assert_close(erc_after[name], vanilla_after[name], rtol=0, atol=0, msg=name)
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/pg_clipfrac", "actor/ppo_kl"):
+        assert erc_metrics[key] == pytest.approx(vanilla_metrics[key], rel=1e-6, abs=1e-9), key
+    assert erc_metrics["actor/erc_keep_frac"] == 1.0
+
+
+def test_band_that_excludes_every_token_gives_zero_gradient(model_dir, rollout):
+    # Old entropies doubled: every ratio is about 0.5, outside the paper's band.
+    before, after, metrics = old_pass_and_update(build(model_dir, "dapo_erc"), rollout, entropy_scale=2.0)
+    assert metrics["actor/grad_norm"] == 0.0
+    assert max_change(before, after) == 0.0
+    assert metrics["actor/erc_keep_frac"] == 0.0
+    assert metrics["actor/erc_clip_frac_low"] == 1.0
+    assert metrics["actor/pg_loss"] != 0.0  # the loss value is still reported, only gradients stop
+
+
+@pytest.mark.parametrize("mode", ["dapo_erc", "gppo_erc"])
+def test_papers_band_cuts_some_off_policy_tokens(peaked_model_dir, rollout, mode):
+    # Four optimizer steps per batch: the first mini-batch is on-policy (ratio 1), the
+    # later ones see a policy that has moved, as in the paper's 8-steps-per-batch setting.
+    worker = build(peaked_model_dir, mode, lr=1e-2, mini=2)
+    _, _, metrics = old_pass_and_update(worker, rollout, mini=2)
+    for key in METRIC_NAMES:
+        assert key in metrics and math.isfinite(metrics[key]), key
+    assert 0.0 < metrics["actor/erc_keep_frac"] < 1.0
+    fractions = metrics["actor/erc_keep_frac"] + metrics["actor/erc_clip_frac_low"] + metrics["actor/erc_clip_frac_high"]
+    assert fractions == pytest.approx(1.0)
+    assert metrics["actor/entropy_ratio_min"] <= metrics["actor/entropy_ratio_mean"] <= metrics["actor/entropy_ratio_max"]
+    assert metrics["actor/entropy_ratio_min"] < 0.95 or metrics["actor/entropy_ratio_max"] > 1.05
+
+
+@pytest.mark.parametrize("entropy_coeff", [0.0, 0.01])
+def test_current_entropy_has_no_graph_when_coefficient_is_zero(model_dir, rollout, monkeypatch, entropy_coeff):
+    from verl.trainer.ppo import core_algos
+
+    seen = []
+    real = core_algos.POLICY_LOSS_REGISTRY["dapo_erc"]
+
+    def spy(*args, entropy=None, old_entropy=None, **kwargs):
+        seen.append((entropy.requires_grad, entropy.grad_fn is not None, old_entropy.requires_grad))
+        return real(*args, entropy=entropy, old_entropy=old_entropy, **kwargs)
+
+    spy.wants_entropy = real.wants_entropy
+    monkeypatch.setitem(core_algos.POLICY_LOSS_REGISTRY, "dapo_erc", spy)
+    worker = engine_cpu.build_actor_worker(
+        model_dir,
+        policy_loss={"_target_": ERC_TARGET, "loss_mode": "dapo_erc"},
+        entropy_coeff=entropy_coeff,
+        micro_batch_size=2,
+        ppo_mini_batch_size=BSZ,
+    )
+    old_pass_and_update(worker, rollout)
+    assert len(seen) == BSZ // 2  # one call per micro-batch
+    has_graph = entropy_coeff != 0.0
+    assert all(s == (has_graph, has_graph, False) for s in seen), seen
+
+
+def test_missing_old_entropy_stops_the_update_naming_the_fix(model_dir, rollout):
+    batch, advantages = rollout
+    worker = build(model_dir, "dapo_erc")
+    old_log_probs, _ = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0)
+    before = engine_cpu.get_params(worker)
+    with pytest.raises(ValueError, match="old-policy entropy") as err:
+        engine_cpu.update_actor(worker, batch, old_log_probs, None, advantages, temperature=1.0)
+    assert "bypass_mode" in str(err.value) and "use_v1" in str(err.value)
+    assert max_change(before, engine_cpu.get_params(worker)) == 0.0
+
+
+def test_monitor_on_vanilla_logs_ratio_metrics_and_trains_like_vanilla(model_dir, rollout):
+    _, plain_after, _ = old_pass_and_update(build(model_dir, "vanilla", mini=2), rollout, mini=2)
+    _, mon_after, metrics = old_pass_and_update(
+        build(model_dir, "vanilla", mini=2, entropy_ratio_monitor=True), rollout, mini=2
+    )
+    for name in plain_after:
+        torch.testing.assert_close(mon_after[name], plain_after[name], rtol=0, atol=0, msg=name)
+    assert set(METRIC_NAMES) <= set(metrics)
+    assert metrics["actor/erc_keep_frac"] <= 1.0
