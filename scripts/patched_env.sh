@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds a venv holding verl==VERSION with patches/verl-VERSION/ applied, and erc_verl on top.
+#
+# usage: bash scripts/patched_env.sh VERSION        (0.7.1 or 0.9.1)
+#
+# The venv is $ERC_PATCHED_VENV_ROOT/.venv-patched-VERSION (default: the repo root). Steps:
+# torch==2.13.0 first (the CPU wheel; never let pip pick a CUDA build), then the release wheel
+# of verl with its dependencies, then scripts/apply_patches.sh on the installed package (the
+# site-packages case of that script), then erc_verl with `pip install --no-deps -e`.
+# Rebuilt only when the patch folder, this script or pyproject.toml changed. The last line of
+# stdout is the venv's python.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VERSION="${1:?usage: patched_env.sh VERSION}"
+PATCH_DIR="$ROOT/patches/verl-$VERSION"
+[ -d "$PATCH_DIR" ] || { echo "patched_env.sh: no $PATCH_DIR" >&2; exit 2; }
+VENV="${ERC_PATCHED_VENV_ROOT:-$ROOT}/.venv-patched-$VERSION"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+STAMP="$VENV/.erc-verl-patched"
+# What the environment was built from: a change to any of it rebuilds verl's part.
+want="$(cat "$PATCH_DIR"/*.patch "${BASH_SOURCE[0]}" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+    echo "$VENV/bin/python"
+    exit 0
+fi
+log() { echo "[patched_env $VERSION] $*" >&2; }
+# pip warns about every local index folder it skips; show the rest of its output.
+pip_q() {
+    local rc=0
+    "$VENV/bin/python" -m pip install -q "$@" >"$VENV/pip.log" 2>&1 || rc=$?
+    grep -v "is neither a file nor a directory" "$VENV/pip.log" >&2 || true
+    return $rc
+}
+
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
+rm -f "$STAMP"
+pip_q "torch==2.13.0"
+case "$VERSION" in
+    0.9.1)
+        # The same versions as the main .venv where it exists, so a patched-vs-runtime
+        # comparison differs in verl's patched files only.
+        extra=(fastapi uvicorn)
+        constraints=()
+        if [ -x "$ROOT/.venv/bin/python" ]; then
+            "$ROOT/.venv/bin/python" -m pip freeze 2>/dev/null \
+                | grep -v -i -E '^(-e |erc[-_]verl|torch==|verl==)' >"$VENV/constraints.txt" || true
+            constraints=(-c "$VENV/constraints.txt")
+        fi
+        ;;
+    0.7.1)
+        # verl 0.7.1 pins numpy<2; `datasets` then needs a pyarrow built for numpy 1.
+        extra=("numpy<2" "pyarrow==20.0.0")
+        constraints=()
+        ;;
+    *) extra=(); constraints=() ;;
+esac
+log "installing verl==$VERSION and its dependencies"
+# --force-reinstall of verl alone: a rebuild after a patch changed must start from pristine files.
+pip_q "torch==2.13.0" "verl==$VERSION" "${extra[@]}" "${constraints[@]}"
+pip_q --no-deps --force-reinstall "verl==$VERSION"
+SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+log "applying patches/verl-$VERSION to $SITE"
+bash "$ROOT/scripts/apply_patches.sh" "$SITE" >&2
+pip_q --no-deps -e "$ROOT"
+"$VENV/bin/python" - <<'EOF' >&2
+import erc_verl
+assert erc_verl.PLUMBING == "patched", erc_verl.PLUMBING
+print("[patched_env] erc_verl imports with PLUMBING =", erc_verl.PLUMBING)
+EOF
+echo "$want" >"$STAMP"
+echo "$VENV/bin/python"
