@@ -1,0 +1,254 @@
+"""recipes/, `erc-verl check`, scripts/launch.sh and the Hydra snippet, on verl 0.9.1's config."""
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+
+from erc_verl import check
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+LAUNCH = ROOT / "scripts" / "launch.sh"
+RUNS = [f"{loss}_qwen{size}" for size in ("1.5b", "7b") for loss in ("dapo", "dapo_erc", "gppo", "gppo_erc")]
+
+warnings.filterwarnings("ignore", message="Disabled critic")
+
+
+def run_check(argv):
+    parser = argparse.ArgumentParser()
+    check.add_check_arguments(parser)
+    return check.check_main(parser.parse_args(argv))
+
+
+def composed(name, overrides=()):
+    return check.compose_recipe(RECIPES, name, [*check.PLACEHOLDER_OVERRIDES, *overrides])
+
+
+def test_all_eight_runs_exist_and_nothing_else():
+    assert check.list_recipes(RECIPES) == sorted(RUNS)
+
+
+def test_check_passes_on_every_recipe(capsys):
+    assert run_check([]) == 0
+    out = capsys.readouterr().out
+    for name in RUNS:
+        assert f"OK   {name}:" in out
+    assert "8/8 recipes OK" in out
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_recipe_carries_the_paper_settings(name):
+    cfg = composed(name)
+    actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    loss = name.split("_qwen")[0]
+    assert cfg.data.max_prompt_length == 4096 and cfg.data.truncation == "left"
+    assert cfg.data.max_response_length == 16384
+    assert cfg.data.train_batch_size == 128 and rollout.n == 8
+    assert cfg.algorithm.filter_groups.enable and cfg.algorithm.filter_groups.metric == "acc"
+    assert cfg.algorithm.filter_groups.max_inflight_gen_batches * cfg.data.train_batch_size == 256
+    assert actor.ppo_mini_batch_size == 16 and actor.ppo_epochs == 1
+    assert actor.optim.lr == 1e-6 and actor.optim.lr_warmup_steps == 10
+    assert actor.optim.weight_decay == 0.1 and actor.optim.clip_grad == 1.0
+    expected_high = 0.28 if loss.startswith("dapo") else 0.2
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.clip_ratio_c) == (0.2, expected_high, 10.0)
+    assert actor.loss_agg_mode == "token-mean" and actor.entropy_coeff == 0
+    assert not actor.use_kl_loss and not cfg.algorithm.use_kl_in_reward
+    assert actor.policy_loss._target_ == "erc_verl.ERCPolicyLossConfig"
+    assert actor.policy_loss.loss_mode == {"dapo": "vanilla"}.get(loss, loss)
+    assert (actor.policy_loss.entropy_ratio_low, actor.policy_loss.entropy_ratio_high) == (0.95, 1.05)
+    # Baselines log the ERC metrics too; ERC modes always do.
+    assert actor.policy_loss.get("entropy_ratio_monitor", False) == (not loss.endswith("_erc"))
+    assert (rollout.temperature, rollout.top_p, rollout.top_k) == (1.0, 1.0, -1)
+    assert (rollout.val_kwargs.n, rollout.val_kwargs.temperature, rollout.val_kwargs.top_p) == (32, 0.6, 0.95)
+    assert rollout.val_kwargs.do_sample
+    assert rollout.name == "vllm" and rollout.tensor_model_parallel_size == 2
+    assert actor.fsdp_config.ulysses_sequence_parallel_size == 4
+    assert actor.fsdp_config.param_offload and actor.fsdp_config.optimizer_offload
+    assert actor.use_dynamic_bsz
+    assert (cfg.trainer.test_freq, cfg.trainer.save_freq, cfg.trainer.total_epochs) == (10, 10, 10)
+    assert list(cfg.trainer.logger) == ["console", "wandb", "file"]
+    assert cfg.reward.custom_reward_function.path == "pkg://erc_verl.reward"
+    assert cfg.reward.custom_reward_function.name == "compute_score"
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "erc_verl"
+    assert cfg.trainer.experiment_name == name
+
+
+def test_no_machine_specific_path_in_recipes_or_launcher():
+    for path in [*RECIPES.rglob("*.yaml"), LAUNCH]:
+        text = path.read_text()
+        for marker in ("/work/", "/home/", "/root/", "/mnt/", "/data/"):
+            assert marker not in text, f"{path}: {marker}"
+
+
+def test_user_values_come_from_the_environment(monkeypatch):
+    user_vars = ("MODEL_PATH", "TRAIN_FILES", "VAL_FILES", "CKPT_DIR", "NNODES", "GPUS_PER_NODE")
+    for var in user_vars:
+        monkeypatch.delenv(var, raising=False)
+    cfg = check.compose_recipe(RECIPES, "dapo_qwen7b")
+    with pytest.raises(check.RecipeError) as err:
+        check.check_config(cfg)
+    assert "Environment variable" in err.value.message
+    assert any(var in err.value.message for var in user_vars)
+    monkeypatch.setenv("MODEL_PATH", "/m")
+    monkeypatch.setenv("TRAIN_FILES", "/t.parquet")
+    monkeypatch.setenv("VAL_FILES", "[/a.parquet,/b.parquet]")
+    monkeypatch.setenv("CKPT_DIR", "/ck")
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("GPUS_PER_NODE", "4")
+    cfg = check.compose_recipe(RECIPES, "dapo_qwen7b")
+    assert cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node == 8
+    assert list(cfg.data.val_files) == ["/a.parquet", "/b.parquet"]
+    assert cfg.trainer.default_local_dir == "/ck/dapo_qwen7b"
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ("entropy_ratio_low: 1.5", "actor_rollout_ref.actor.policy_loss.entropy_ratio_low"),
+        ("entropy_ratio_lowx: 0.9", "actor_rollout_ref.actor.policy_loss.entropy_ratio_lowx"),
+        ("loss_mode: not_a_loss", "actor_rollout_ref.actor.policy_loss.loss_mode"),
+    ],
+)
+def test_check_names_the_offending_key_of_a_broken_recipe(tmp_path, capsys, line, key):
+    recipes = tmp_path / "recipes"
+    shutil.copytree(RECIPES, recipes)
+    broken = recipes / "broken.yaml"
+    text = (RECIPES / "dapo_erc_qwen1.5b.yaml").read_text()
+    broken.write_text(text + f"\nactor_rollout_ref:\n  actor:\n    policy_loss:\n      {line}\n")
+    also_good = ["dapo_erc_qwen1.5b"] if "loss_mode" in line else []
+    assert run_check([str(broken), *also_good, "--recipes-dir", str(recipes)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL broken: {key}:" in out
+    if also_good:
+        assert "OK   dapo_erc_qwen1.5b" in out  # one bad recipe does not hide the others
+
+
+def test_check_flags_a_filter_metric_the_reward_does_not_produce(capsys):
+    assert run_check(["dapo_qwen1.5b", "-o", "algorithm.filter_groups.metric=accuracy"]) == 1
+    assert "FAIL dapo_qwen1.5b: algorithm.filter_groups.metric:" in capsys.readouterr().out
+
+
+def test_check_flags_an_erc_mode_without_the_erc_config_class(capsys):
+    node = "actor_rollout_ref.actor.policy_loss"
+    overrides = [f"{node}._target_=verl.workers.config.PolicyLossConfig", f"~{node}.entropy_ratio_low", f"~{node}.entropy_ratio_high"]
+    assert run_check(["dapo_erc_qwen1.5b", *[a for o in overrides for a in ("-o", o)]]) == 1
+    assert "policy_loss._target_" in capsys.readouterr().out
+
+
+ENV = {
+    "MODEL_PATH": "/models/R1-Distill-Qwen-7B",
+    "TRAIN_FILES": "/d/train.parquet",
+    "VAL_FILES": "/d/aime2024.parquet,/d/aime 2025.parquet",
+    "CKPT_DIR": "/ckpt",
+    "NNODES": "1",
+    "GPUS_PER_NODE": "8",
+}
+
+
+def launch(args, env):
+    full = {k: v for k, v in os.environ.items() if k not in ENV and k != "RAY_ADDRESS"}
+    full.update(env)
+    return subprocess.run(["bash", str(LAUNCH), *args], env=full, capture_output=True, text=True, timeout=30)
+
+
+def test_launcher_names_each_missing_env_var():
+    for var in ENV:
+        res = launch(["--dry-run", "dapo_erc_qwen7b"], {k: v for k, v in ENV.items() if k != var})
+        assert res.returncode != 0
+        assert var in res.stderr and "missing environment variable" in res.stderr
+
+
+def test_launcher_refuses_multi_node_without_ray_cluster():
+    res = launch(["--dry-run", "dapo_erc_qwen7b"], {**ENV, "NNODES": "8"})
+    assert res.returncode != 0 and "RAY_ADDRESS" in res.stderr
+    res = launch(["--dry-run", "dapo_erc_qwen7b"], {**ENV, "NNODES": "8", "RAY_ADDRESS": "10.0.0.1:6379"})
+    assert res.returncode == 0, res.stderr
+
+
+def test_launcher_rejects_unknown_recipe():
+    res = launch(["--dry-run", "dapo_erc_qwen3b"], ENV)
+    assert res.returncode != 0 and "no recipe" in res.stderr and "dapo_erc_qwen7b" in res.stderr
+
+
+def _printed_command(stdout):
+    argv = shlex.split(stdout.strip().splitlines()[-1])
+    assert argv[1:3] == ["-m", "verl.trainer.main_ppo"]
+    assert argv[argv.index("--config-path") + 1] == str(RECIPES)
+    name = argv[argv.index("--config-name") + 1]
+    return name, argv[argv.index("--config-name") + 2 :]
+
+
+def test_launcher_dry_run_prints_a_command_that_composes_and_checks():
+    res = launch(["--dry-run", "gppo_erc_qwen7b", "trainer.total_epochs=1"], ENV)
+    assert res.returncode == 0, res.stderr
+    assert "VERL_USE_EXTERNAL_MODULES=erc_verl" in res.stdout
+    name, overrides = _printed_command(res.stdout)
+    assert name == "gppo_erc_qwen7b" and overrides[-1] == "trainer.total_epochs=1"
+    cfg = check.compose_recipe(RECIPES, name, overrides)
+    check.check_config(cfg)
+    assert cfg.actor_rollout_ref.model.path == ENV["MODEL_PATH"]
+    assert list(cfg.data.val_files) == ["/d/aime2024.parquet", "/d/aime 2025.parquet"]
+    assert cfg.trainer.default_local_dir == "/ckpt/gppo_erc_qwen7b"
+    assert cfg.trainer.total_epochs == 1
+    log_path = cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH
+    assert log_path.startswith("/ckpt/gppo_erc_qwen7b/logs/metrics-") and log_path.endswith(".jsonl")
+
+
+def test_launcher_val_only_evaluates_at_32k():
+    res = launch(["--dry-run", "--val-only", "/ckpt/dapo_qwen7b/global_step_100", "dapo_qwen7b"], ENV)
+    assert res.returncode == 0, res.stderr
+    name, overrides = _printed_command(res.stdout)
+    cfg = check.compose_recipe(RECIPES, name, overrides)
+    assert cfg.trainer.val_only and cfg.data.max_response_length == 32768
+    assert cfg.trainer.resume_from_path == "/ckpt/dapo_qwen7b/global_step_100"
+    assert "/eval32k/" in cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH
+
+
+# The Hydra snippet for plain verl command lines (docs/hydra-snippet.md).
+
+
+def _compose_ppo_trainer(overrides):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        return compose("ppo_trainer", overrides=overrides)
+
+
+def test_hydra_snippet_selects_erc_on_plain_verl():
+    from verl.utils.config import omega_conf_to_dataclass
+
+    import erc_verl
+
+    cfg = _compose_ppo_trainer(
+        [
+            "hydra.searchpath=[pkg://erc_verl]",
+            "+config/policy_loss@actor_rollout_ref.actor.policy_loss=erc",
+            "actor_rollout_ref.actor.policy_loss.loss_mode=gppo_erc",
+            "actor_rollout_ref.actor.policy_loss.entropy_ratio_high=1.1",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        ]
+    )
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert isinstance(actor.policy_loss, erc_verl.ERCPolicyLossConfig)
+    assert actor.policy_loss.loss_mode == "gppo_erc"
+    assert (actor.policy_loss.entropy_ratio_low, actor.policy_loss.entropy_ratio_high) == (0.95, 1.1)
+
+
+def test_hydra_snippet_module_search_path_does_not_work():
+    # erc_verl/config.py shadows the erc_verl/config/ folder: documented, and this says if it changes.
+    from hydra.errors import ConfigCompositionException
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigCompositionException):
+            _compose_ppo_trainer(
+                ["hydra.searchpath=[pkg://erc_verl.config]", "+policy_loss@actor_rollout_ref.actor.policy_loss=erc"]
+            )
