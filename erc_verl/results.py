@@ -1,0 +1,281 @@
+"""`erc-verl table` and `erc-verl plot`: results from verl 0.9.1's file logger.
+
+verl's `file` logger (verl/utils/tracking.py, FileLogger) writes one JSON object per logged
+step, `{"step": N, "data": {metric: value, ...}}`, to $VERL_FILE_LOGGER_PATH or else to
+$VERL_FILE_LOGGER_ROOT/<project_name>/<experiment_name>.jsonl (root defaults to the cwd). It
+opens the file with "wb", so a resumed run starts a new file: scripts/launch.sh gives every
+launch its own metrics-<time>.jsonl, and here all files of a run are merged, later ones winning
+for the same step.
+
+Validation metrics of the V1 trainer (trainer_base._val_metrics_update) are named
+`val-core/<data_source>/<var>/mean@<n>`, where n is the number of samples per problem (32 in the
+paper's runs: avg@32) and var is `acc` when the reward returns it (erc_verl.reward does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VAL_KEY = re.compile(r"^val-core/(?P<source>.+)/(?P<var>[^/]+)/mean@(?P<n>\d+)$")
+
+# Curves of `erc-verl plot`: (metric key, panel title). The validation panel is added after.
+TRAIN_CURVES = (
+    ("actor/entropy", "policy entropy"),
+    ("actor/erc_keep_frac", "ERC keep fraction"),
+    ("actor/grad_norm", "gradient norm"),
+)
+
+# Averages published for the paper's runs (erc-spec.md section 5, from secondary summaries;
+# average over the paper's benchmark set, per-benchmark cells not available).
+PAPER_AVERAGES = {
+    ("1.5B", "dapo"): 53.4,
+    ("1.5B", "dapo_erc"): 55.1,
+    ("7B", "dapo"): 65.3,
+    ("7B", "dapo_erc"): 66.2,
+}
+
+# Log folders that are not the run's name (scripts/launch.sh layout: <CKPT_DIR>/<run>/logs/).
+_LOG_DIR_NAMES = {"logs"}
+
+
+@dataclass
+class Run:
+    """Metrics of one run: {step: {metric: value}}."""
+
+    name: str
+    steps: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        m = re.search(r"qwen[-_]?(1\.5b|7b)", self.name, re.IGNORECASE)
+        return m.group(1).upper() if m else None
+
+    @property
+    def method(self) -> str | None:
+        base = self.name.split("/")[0].lower()
+        for method in ("dapo_erc", "gppo_erc", "dapo", "gppo"):
+            if base.startswith(method):
+                return method
+        return None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        pts = [(s, m[key]) for s, m in sorted(self.steps.items()) if key in m and _finite(m[key])]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def val_scores(self, var: str = "acc") -> dict[int, dict[str, float]]:
+        """{step: {benchmark: mean@n}} for every step with validation metrics (largest n per benchmark)."""
+        out: dict[int, dict[str, float]] = {}
+        for step, metrics in sorted(self.steps.items()):
+            best_n: dict[str, int] = {}
+            for key, value in metrics.items():
+                m = VAL_KEY.match(key)
+                if not m or m.group("var") != var or not _finite(value):
+                    continue
+                source, n = m.group("source"), int(m.group("n"))
+                if n >= best_n.get(source, -1):
+                    best_n[source] = n
+                    out.setdefault(step, {})[source] = float(value)
+        return out
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _scalar(value):
+    """verl logs scalars; a list (unreduced metric) is averaged."""
+    if isinstance(value, list) and value and all(_finite(v) for v in value):
+        return sum(value) / len(value)
+    return value
+
+
+def read_log_file(path: Path, steps: dict[int, dict[str, float]]) -> None:
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step, data = int(record["step"]), record["data"]
+        except (ValueError, KeyError, TypeError) as exc:
+            # A run killed mid-write leaves a partial last line: say so, keep the rest.
+            print(f"warning: {path}:{lineno}: skipped unreadable line ({type(exc).__name__})", file=sys.stderr)
+            continue
+        steps.setdefault(step, {}).update({k: _scalar(v) for k, v in data.items()})
+
+
+def run_name(path: Path) -> str:
+    """Experiment name: the file stem for verl's default <experiment_name>.jsonl, else the folder."""
+    if path.is_file() and not path.stem.startswith("metrics-"):
+        return path.stem
+    folder = path if path.is_dir() else path.parent
+    parts = []
+    while folder.name in _LOG_DIR_NAMES or folder.name.startswith("eval"):
+        if folder.name.startswith("eval"):
+            parts.insert(0, folder.name)
+        folder = folder.parent
+    return "/".join([folder.name or str(folder), *parts])
+
+
+def load_run(path: str | Path) -> Run:
+    """A run from a log file, or from every *.jsonl under a folder (merged in name order)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.jsonl"), key=lambda p: (p.name, str(p)))
+        if not files:
+            raise FileNotFoundError(f"{path}: no *.jsonl file logs found")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"no such log file or folder: {path}")
+    run = Run(run_name(path))
+    for f in files:
+        read_log_file(f, run.steps)
+    return run
+
+
+def _avg(scores: dict[str, float], benchmarks: list[str]) -> float | None:
+    if not benchmarks or any(b not in scores for b in benchmarks):
+        return None
+    return sum(scores[b] for b in benchmarks) / len(benchmarks)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None = None) -> str:
+    """Markdown table: per run the best and the final validation step, avg@n per benchmark and average."""
+    per_run = {id(r): r.val_scores(var) for r in runs}
+    found = sorted({b for scores in per_run.values() for step in scores.values() for b in step})
+    columns = [b for b in benchmarks if b in found] if benchmarks else found
+    if not columns:
+        raise ValueError(f"no validation metrics (val-core/<data_source>/{var}/mean@N) in the given logs")
+    n_samples = sorted(
+        {int(m.group("n")) for r in runs for s in r.steps.values() for k in s if (m := VAL_KEY.match(k))}
+    )
+    at = "/".join(f"avg@{n}" for n in n_samples)
+    header = ["run", "model", "row", "step", *columns, "average", "paper average"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for run in runs:
+        scores = per_run[id(run)]
+        full = {step: _avg(s, columns) for step, s in scores.items()}
+        full = {step: a for step, a in full.items() if a is not None}
+        paper = PAPER_AVERAGES.get((run.model, run.method))
+        paper_cell = f"{paper:.1f}" if paper is not None else "not published"
+        picks = []
+        if full:
+            best = max(full, key=lambda s: (full[s], -s))
+            picks = [("best", best), ("final", max(full))]
+        elif scores:
+            picks = [("final", max(scores))]
+        if not picks:
+            lines.append("| " + " | ".join([run.name, run.model or "?", "no validation", "-", *["-"] * len(columns), "-", paper_cell]) + " |")
+            continue
+        for label, step in picks:
+            s = scores[step]
+            cells = [_pct(s.get(b)) for b in columns]
+            lines.append(
+                "| " + " | ".join([run.name, run.model or "?", label, str(step), *cells, _pct(_avg(s, columns)), paper_cell]) + " |"
+            )
+    notes = [
+        "",
+        f"Scores: {var} {at} in percent, from verl's val-core metrics; average over the columns shown.",
+        "Paper average: the published average over the paper's benchmark set (secondary summaries of "
+        "arXiv 2512.05591); it matches the average column only when the benchmarks match.",
+    ]
+    return "\n".join(lines + notes)
+
+
+def plot_runs(runs: list[Run], out: Path, var: str = "acc") -> Path:
+    """One PNG: entropy, ERC keep fraction, gradient norm and validation average against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=False)
+    panels = [*TRAIN_CURVES, (None, f"validation {var} (average over benchmarks)")]
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        drawn = 0
+        for run in runs:
+            if key is None:
+                scores = run.val_scores(var)
+                benchmarks = sorted({b for s in scores.values() for b in s})
+                pts = [(step, _avg(s, benchmarks)) for step, s in sorted(scores.items())]
+                xs = [p[0] for p in pts if p[1] is not None]
+                ys = [p[1] for p in pts if p[1] is not None]
+                style = {"marker": "o"}
+            else:
+                xs, ys = run.series(key)
+                style = {}
+            if xs:
+                ax.plot(xs, ys, label=run.name, **style)
+                drawn += 1
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="run folders (all *.jsonl under them, e.g. $CKPT_DIR/<run>) or verl file-logger .jsonl files",
+    )
+    parser.add_argument("--var", default="acc", help="validation variable (default: acc)")
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument(
+        "--benchmarks", default=None, help="comma-separated data_source columns, in order (default: all found)"
+    )
+
+
+def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+
+
+def _load_all(paths) -> list[Run] | None:
+    try:
+        return [load_run(p) for p in paths]
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def table_main(args) -> int:
+    runs = _load_all(args.runs)
+    if runs is None:
+        return 1
+    benchmarks = [b.strip() for b in args.benchmarks.split(",")] if args.benchmarks else None
+    try:
+        print(make_table(runs, args.var, benchmarks))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def plot_main(args) -> int:
+    runs = _load_all(args.runs)
+    if runs is None:
+        return 1
+    print(f"wrote {plot_runs(runs, args.out, args.var)}")
+    return 0
