@@ -157,8 +157,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_single_process_group() -> None:
-    """Start a one-rank gloo process group (idempotent) and set the env verl's Worker reads."""
+def init_single_process_group(backend: str = "gloo") -> None:
+    """Start a one-rank process group (idempotent) and set the env verl's Worker reads."""
     if not dist.is_initialized():
         os.environ["MASTER_ADDR"] = "127.0.0.1"
         os.environ["MASTER_PORT"] = str(_free_port())
@@ -169,7 +169,7 @@ def init_single_process_group() -> None:
         os.environ[key] = val
     if not dist.is_initialized():
         # Initialise here rather than in the worker: verl would ask for "cpu:gloo,cpu:gloo".
-        dist.init_process_group(backend="gloo", rank=0, world_size=1)
+        dist.init_process_group(backend=backend, rank=0, world_size=1)
 
 
 def _compose_trainer_config(overrides: Sequence[str] = ()):
@@ -268,7 +268,7 @@ def actor_config_dict(
     return cfg
 
 
-def build_actor_worker(model_dir: str, *, return_config: bool = False, **kwargs):
+def build_actor_worker(model_dir: str, *, return_config: bool = False, device: str = "cpu", **kwargs):
     """Build verl's engine ``TrainingWorker`` for the actor, as ``ActorRolloutRefWorker.init_model`` does.
 
     Keyword arguments are those of :func:`actor_config_dict`. The configs are verl's own
@@ -276,16 +276,16 @@ def build_actor_worker(model_dir: str, *, return_config: bool = False, **kwargs)
     ``partial(verl.workers.engine_workers.ppo_loss, config=actor_config)``, looked up at call
     time so a patched ``ppo_loss`` (the plugin's plumbing) is the one bound.
     Returns the worker, or ``(worker, actor_config)`` with ``return_config=True``.
+    ``device="cuda"`` builds the same worker on verl's own CUDA platform over nccl
+    (the overhead benchmark's GPU mode); run that with VERL_PLATFORM unset.
     """
-    from functools import partial
-
+    if device == "cuda":
+        init_single_process_group("nccl")
+        return _build_worker(model_dir, return_config, **kwargs)
     register_cpu_platform()
     init_single_process_group()
 
     from verl.plugin.platform import get_platform
-    from verl.utils.config import omega_conf_to_dataclass
-    from verl.workers import engine_workers
-    from verl.workers.config import TrainingWorkerConfig
 
     platform = get_platform()
     if platform.device_name != "cpu":
@@ -295,6 +295,15 @@ def build_actor_worker(model_dir: str, *, return_config: bool = False, **kwargs)
         )
     if not register_cpu_platform():
         raise RuntimeError("CPU engines were not registered")
+    return _build_worker(model_dir, return_config, **kwargs)
+
+
+def _build_worker(model_dir: str, return_config: bool, **kwargs):
+    from functools import partial
+
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers import engine_workers
+    from verl.workers.config import TrainingWorkerConfig
 
     cfg = actor_config_dict(model_dir, **kwargs)
     arr = cfg.actor_rollout_ref

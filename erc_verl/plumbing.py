@@ -129,20 +129,35 @@ def _no_grad(fn):
     return entropy_without_graph
 
 
+def _gate_entropy_fn(engine):
+    """The entropy function for the gate: verl's own where the user tuned it, else blockwise."""
+    from .entropy import entropy_from_logits_blockwise
+
+    config = engine.engine_config
+    own = engine.__dict__.get("compute_entropy_from_logits")
+    if own is not None and (config.entropy_from_logits_with_chunking or config.use_torch_compile):
+        # verl's chunked or compiled kernel is already memory-lean; only its graph must go.
+        return _no_grad(own)
+    return entropy_from_logits_blockwise
+
+
 @contextlib.contextmanager
 def _entropy_outside_autograd(engine):
-    """Within one forward step, verl's entropy helpers run under no_grad.
+    """Within one forward step, verl's entropy helpers run under no_grad, block by block.
 
-    Nothing of the softmax over the vocabulary is then saved for backward. verl's fused-kernel
-    path does not go through these helpers and is used as it is.
+    Nothing of the softmax over the vocabulary is then saved for backward, and no
+    tokens x vocabulary temporary is made. verl's fused-kernel path computes entropy inside
+    its kernel and does not go through these helpers; it is used as it is.
     """
     import verl.utils.torch_functional as verl_F
+
+    from .entropy import entropy_from_logits_blockwise
 
     own = engine.__dict__.get("compute_entropy_from_logits")
     module_fn = verl_F.entropy_from_logits
     if own is not None:
-        engine.compute_entropy_from_logits = _no_grad(own)
-    verl_F.entropy_from_logits = _no_grad(module_fn)
+        engine.compute_entropy_from_logits = _gate_entropy_fn(engine)
+    verl_F.entropy_from_logits = entropy_from_logits_blockwise  # the padded (no remove-padding) path
     try:
         yield
     finally:
