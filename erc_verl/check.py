@@ -18,6 +18,8 @@ A recipe that passes has not been trained: it composes and builds, nothing more.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import sys
@@ -258,7 +260,9 @@ def check_config(cfg, model_path: str | None = None) -> dict:
     from verl.utils.config import validate_config
 
     try:
-        validate_config(cfg, use_reference_policy=use_ref, use_critic=use_critic)
+        # validate_config prints a success line per recipe; keep check's own output readable.
+        with contextlib.redirect_stdout(io.StringIO()):
+            validate_config(cfg, use_reference_policy=use_ref, use_critic=use_critic)
     except Exception as exc:
         raise RecipeError(offending_key(exc, "", cfg), _message(exc)) from exc
 

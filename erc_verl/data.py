@@ -151,6 +151,15 @@ def check_fields(spec: SourceSpec, rows: list[dict], origin: str) -> None:
     )
 
 
+def _id_text(value) -> str:
+    """Source ids as strings; pandas turns integer ids into floats (7.0 -> "7")."""
+    if _is_missing(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
 def convert_row(spec: SourceSpec, row: dict, index: int, origin: str) -> dict:
     """One source row as a verl RL row; raises Malformed with the reason."""
     if not isinstance(row, dict):
@@ -173,7 +182,7 @@ def convert_row(spec: SourceSpec, row: dict, index: int, origin: str) -> dict:
             "split": spec.split,
             "index": index,
             "source": origin,
-            "original_id": "" if _is_missing(original_id) else str(original_id),
+            "original_id": _id_text(original_id),
         },
     }
 
