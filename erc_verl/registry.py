@@ -7,6 +7,7 @@ update must compute the current entropy for it.
 """
 
 import functools
+import inspect
 import logging
 from typing import Any, Callable
 
@@ -57,6 +58,11 @@ def with_monitor(fn: Callable) -> Callable:
             )
         return pg_loss, metrics
 
+    # functools.wraps makes inspect.signature report fn's parameters; callers that decide from
+    # the signature whether to pass the entropies (patched verl, the plumbing) must see them.
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in ("entropy", "old_entropy")]
+    monitored_policy_loss.__signature__ = inspect.Signature(params)
     setattr(monitored_policy_loss, _WRAPPED, True)
     monitored_policy_loss.wants_entropy = monitor_enabled
     return monitored_policy_loss

@@ -305,3 +305,12 @@ def test_every_loss_mode_is_registered_and_monitorable():
         assert mode in POLICY_LOSS_REGISTRY
     for mode, fn in POLICY_LOSS_REGISTRY.items():
         assert callable(getattr(fn, "wants_entropy", None)), mode
+
+
+def test_signatures_announce_the_entropy_keywords():
+    # Callers (patched verl, the plumbing) pass the entropies only to functions that take them.
+    import inspect
+
+    for mode, fn in POLICY_LOSS_REGISTRY.items():
+        params = inspect.signature(fn).parameters
+        assert "entropy" in params and "old_entropy" in params, mode
