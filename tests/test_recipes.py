@@ -1,6 +1,7 @@
 """recipes/, `erc-verl check`, scripts/launch.sh and the Hydra snippet, on verl 0.9.1's config."""
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -26,8 +27,10 @@ def run_check(argv):
     return check.check_main(parser.parse_args(argv))
 
 
-def composed(name, overrides=()):
-    return check.compose_recipe(RECIPES, name, [*check.PLACEHOLDER_OVERRIDES, *overrides])
+@functools.lru_cache(maxsize=None)
+def composed(name):
+    """The recipe with the check's placeholders (cached: composition is the slow part; read-only use)."""
+    return check.compose_recipe(RECIPES, name, check.PLACEHOLDER_OVERRIDES)
 
 
 def test_all_eight_runs_exist_and_nothing_else():
