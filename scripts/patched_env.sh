@@ -39,14 +39,15 @@ rm -f "$STAMP"
 pip_q "torch==2.13.0"
 case "$VERSION" in
     0.9.1)
-        # The same versions as the main .venv where it exists, so a patched-vs-runtime
-        # comparison differs in verl's patched files only.
-        extra=(fastapi uvicorn)
+        # Where the main .venv exists, install exactly its packages (its verl is stock 0.9.1), so a
+        # patched-vs-runtime comparison differs in verl's patched files only. Without it: verl's
+        # own dependencies plus what its engine workers and trainer modules import on CPU.
+        extra=(fastapi uvicorn cachetools)
         constraints=()
         if [ -x "$ROOT/.venv/bin/python" ]; then
             "$ROOT/.venv/bin/python" -m pip freeze 2>/dev/null \
-                | grep -v -i -E '^(-e |erc[-_]verl|torch==|verl==)' >"$VENV/constraints.txt" || true
-            constraints=(-c "$VENV/constraints.txt")
+                | grep -v -i -E '^(-e |erc[-_]verl|torch==)' >"$VENV/requirements-main.txt" || true
+            constraints=(-r "$VENV/requirements-main.txt")
         fi
         ;;
     0.7.1)

@@ -1,0 +1,172 @@
+"""ERC updates through verl 0.9.1's engine TrainingWorker; saves what they produced to a .pt file.
+
+usage: PYTHON engine_091.py MODEL_DIR PEAKED_MODEL_DIR OUT.pt
+       PYTHON engine_091.py make-models MODEL_DIR PEAKED_MODEL_DIR
+
+tests/test_patches.py runs this twice on the same tiny models and compares the two files:
+- with the stock venv (.venv): erc_verl's runtime plumbing feeds the entropies;
+- with .venv-patched-0.9.1: verl carries patches/verl-0.9.1 and erc_verl installs nothing.
+
+Each case is the V1 trainer's two actor calls (old-log-prob pass with entropy, then
+`train_mini_batch`) through erc_verl.engine_cpu. On the patched side the update gets the
+non-tensor flags that the PATCHED trainers send: they are taken from the real
+`PPOTrainer._update_actor` (V1) and `RayPPOTrainer._update_actor` (v0), called on a stub that
+records what would go to the worker. On the stock side the flags are stock verl's.
+"""
+
+import sys
+import types
+
+from erc_verl import engine_cpu  # first: fixes verl's platform to the CPU one
+
+import erc_verl  # noqa: E402
+import torch  # noqa: E402
+
+ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
+BSZ, PROMPT_LEN, RESPONSE_LEN = 8, 6, 12
+# name -> (model, policy_loss, actor options)
+CASES = {
+    "dapo_erc": ("peaked", {"loss_mode": "dapo_erc"}, {"lr": 1e-2, "ppo_mini_batch_size": 2}),
+    "gppo_erc": ("peaked", {"loss_mode": "gppo_erc", "gppo_beta_low": 1.0}, {"lr": 1e-2, "ppo_mini_batch_size": 2}),
+    "dapo_erc_entropy_bonus": (
+        "peaked",
+        {"loss_mode": "dapo_erc"},
+        {"lr": 1e-2, "ppo_mini_batch_size": 4, "entropy_coeff": 0.01},
+    ),
+    "vanilla_monitor": (
+        "peaked",
+        {"loss_mode": "vanilla", "entropy_ratio_monitor": True},
+        {"lr": 1e-2, "ppo_mini_batch_size": 2},
+    ),
+    "vanilla": ("base", {"loss_mode": "vanilla"}, {"lr": 1e-3, "ppo_mini_batch_size": 4}),
+}
+# Host-dependent numbers, not results.
+VOLATILE = ("perf/", "timing", "mfu")
+
+
+def rollout():
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 500, (PROMPT_LEN - i % 3,), generator=gen).tolist() for i in range(BSZ)]
+    responses = [torch.randint(3, 500, (RESPONSE_LEN - i,), generator=gen).tolist() for i in range(BSZ)]
+    batch = engine_cpu.make_batch(prompts, responses)
+    mask = batch["response_mask"].float()
+    advantages = torch.randn(BSZ, 1, generator=gen).expand(BSZ, RESPONSE_LEN) * mask
+    return batch, advantages
+
+
+def patched_trainer_flags(cfg, batch) -> dict:
+    """The update flags the patched V1 and v0 trainers send (they must agree)."""
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils import tensordict_utils as tu
+
+    keys = ("calculate_entropy", "entropy_requires_grad")
+    seen = {}
+
+    class V1WorkerGroup:
+        def update_actor(self, kv_batch):
+            seen["v1"] = {k: kv_batch.extra_info[k] for k in keys}
+            return {"metrics": {"mfu": 0.0}}
+
+    class V0WorkerGroup:
+        def update_actor(self, batch_td):
+            seen["v0"] = {k: tu.get_non_tensor_data(batch_td, k, None) for k in keys}
+            return tu.get_tensordict(tensor_dict={}, non_tensor_dict={"metrics": {"mfu": 0.0}})
+
+    stub = types.SimpleNamespace(config=cfg, actor_rollout_wg=V1WorkerGroup())
+    PPOTrainer._update_actor(stub, types.SimpleNamespace(extra_info={}), {})
+    stub.actor_rollout_wg = V0WorkerGroup()
+    RayPPOTrainer._update_actor(stub, DataProto(batch=batch.clone(), meta_info={}))
+    if seen["v0"] != seen["v1"]:
+        raise AssertionError(f"patched trainers disagree: {seen}")
+    return seen["v1"]
+
+
+def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
+    cfg = engine_cpu.actor_config_dict(
+        model_dir,
+        policy_loss={"_target_": ERC_TARGET, **policy_loss},
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=10.0,
+        micro_batch_size=2,
+        **options,
+    )
+    worker = engine_cpu.build_actor_worker(
+        model_dir,
+        policy_loss={"_target_": ERC_TARGET, **policy_loss},
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=10.0,
+        micro_batch_size=2,
+        **options,
+    )
+    flags = {}
+    if erc_verl.PLUMBING == "patched":
+        from verl.utils import tensordict_utils as tu
+
+        flags = patched_trainer_flags(cfg, batch)
+        train_mini_batch = worker.train_mini_batch
+
+        def train_with_trainer_flags(data):
+            tu.assign_non_tensor(data, **flags)
+            return train_mini_batch(data)
+
+        worker.train_mini_batch = train_with_trainer_flags
+
+    old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0)
+
+    # Whether the update's entropy is computed with autograd on (one entry per micro-batch).
+    grad_modes = []
+    entropy_fn = worker.engine.compute_entropy_from_logits
+
+    def recording_entropy(*args, **kwargs):
+        grad_modes.append(torch.is_grad_enabled())
+        return entropy_fn(*args, **kwargs)
+
+    worker.engine.compute_entropy_from_logits = recording_entropy
+    metrics = engine_cpu.update_actor(
+        worker, batch, old_log_probs, old_entropy, advantages, temperature=1.0, calculate_entropy=None
+    )
+    metrics = {k: float(v) for k, v in metrics.items() if not any(s in k for s in VOLATILE)}
+    return {
+        "metrics": metrics,
+        "params": engine_cpu.get_params(worker),
+        "entropy_grad_modes": grad_modes,
+        "trainer_flags": flags,
+        "old_entropy": old_entropy,
+    }
+
+
+def main(model_dir, peaked_dir, out):
+    batch, advantages = rollout()
+    models = {"base": model_dir, "peaked": peaked_dir}
+    results = {"plumbing": erc_verl.PLUMBING, "cases": {}}
+    for name, (model, policy_loss, options) in CASES.items():
+        try:
+            results["cases"][name] = run_case(models[model], policy_loss, options, batch, advantages)
+        except Exception as err:  # recorded, so one failing case does not hide the others
+            results["cases"][name] = {"error": f"{type(err).__name__}: {err}"}
+        print(f"[engine_091 {erc_verl.PLUMBING}] {name}: {results['cases'][name]}", flush=True)
+    torch.save(results, out)
+
+
+def make_models(model_dir, peaked_dir):
+    """The tiny Qwen2 (built from a config) and a copy with a sharper output head: a random init
+    is near-uniform over the vocabulary, where entropy barely moves."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    engine_cpu.tiny_qwen2(model_dir, vocab_size=512, hidden_size=64, layers=2)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model.save_pretrained(peaked_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(peaked_dir)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make-models":
+        make_models(*sys.argv[2:4])
+    else:
+        main(*sys.argv[1:4])
