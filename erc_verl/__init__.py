@@ -11,8 +11,10 @@ from ._compat import SUPPORTED_VERL, check_verl_version
 check_verl_version()
 
 from .config import ERC_LOSS_MODES, REGISTERED_LOSS_MODES, ERCPolicyLossConfig  # noqa: E402
+from .platform_cpu import install_if_selected as _cpu_platform_if_selected  # noqa: E402
 from .registry import install as _install  # noqa: E402
 
+_cpu_platform_if_selected()  # VERL_PLATFORM=cpu: the tests' and the demo's CPU platform
 PLUMBING = _install()
 
 __version__ = "0.1.0"

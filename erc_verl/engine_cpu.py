@@ -36,7 +36,11 @@ from typing import Any, Optional  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from erc_verl.platform_cpu import register_cpu_platform  # noqa: E402
+from erc_verl.platform_cpu import install_if_selected, register_cpu_platform  # noqa: E402
+
+# erc_verl may have been imported (through verl's entry point) before the line above set
+# VERL_PLATFORM; make the CPU platform resolvable in this process now.
+install_if_selected()
 
 __all__ = [
     "ARITH_CHARS",

@@ -217,13 +217,7 @@ def _register_cpu_engines() -> None:
                 EngineRegistry.register(model_type=model_type, backend=backend, device="cpu")(engine_cls)
 
 
-def register_cpu_platform() -> bool:
-    """Register the ``cpu`` platform and, if it is the selected one, the FSDP engines for it.
-
-    Safe to call any number of times. Returns True when the CPU platform is selected in this
-    process (``VERL_PLATFORM=cpu``, or already resolved to cpu) and the engines are registered;
-    False when only the platform class was registered (another platform is in use).
-    """
+def _register_platform_class() -> None:
     from verl.plugin.platform import PlatformRegistry
 
     existing = PlatformRegistry.get(PLATFORM_NAME)
@@ -232,7 +226,36 @@ def register_cpu_platform() -> bool:
         cls._erc_verl_cpu = True
         PlatformRegistry.register(platform=PLATFORM_NAME)(cls)
 
+
+def register_cpu_platform() -> bool:
+    """Register the ``cpu`` platform and, if it is the selected one, the FSDP engines for it.
+
+    Safe to call any number of times. Returns True when the CPU platform is selected in this
+    process (``VERL_PLATFORM=cpu``, or already resolved to cpu) and the engines are registered;
+    False when only the platform class was registered (another platform is in use).
+    """
+    _register_platform_class()
     if not _cpu_selected():
         return False
     _register_cpu_engines()
     return True
+
+
+def install_if_selected() -> bool:
+    """At plugin load: when VERL_PLATFORM=cpu, make verl able to resolve it in this process.
+
+    Registers the platform class now (cheap) and the CPU engines right after verl imports its
+    FSDP engine module, so a process (or Ray worker) started with VERL_PLATFORM=cpu works
+    without calling register_cpu_platform() itself. Does nothing otherwise.
+    """
+    if os.environ.get("VERL_PLATFORM", "").strip().lower() != PLATFORM_NAME:
+        return False
+    from ._hooks import after_import
+
+    _register_platform_class()
+    after_import("verl.workers.engine.fsdp.transformer_impl", _register_engines_after_import)
+    return True
+
+
+def _register_engines_after_import(module) -> None:
+    register_cpu_platform()

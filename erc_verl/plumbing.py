@@ -15,13 +15,12 @@ of this is installed (see registry.install).
 import contextlib
 import contextvars
 import functools
-import importlib.abc
-import importlib.util
 import sys
 from dataclasses import dataclass, field
 
 import torch
 
+from ._hooks import after_import
 from .registry import loss_wants_entropy
 
 _INSTALLED = "_erc_verl_plumbing"
@@ -229,41 +228,6 @@ def _patch_v0_trainer(module) -> None:
     _wrap(module.RayPPOTrainer, "_compute_old_log_prob", make_v0_compute_old_log_prob)
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a patch right after one module is first imported, without importing it ourselves.
-
-    The plugin is loaded while `import verl` is still running, in every process: importing
-    verl's engine or trainer modules from there would be slow, would fix the device platform
-    too early, and the v0 trainer module needs rollout-server packages a worker never has.
-    """
-
-    def __init__(self, name: str, patch):
-        self.name, self.patch = name, patch
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)  # one-shot: find the real spec without us
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module, patch = spec.loader.exec_module, self.patch
-
-        def exec_then_patch(module):
-            exec_module(module)
-            patch(module)
-
-        spec.loader.exec_module = exec_then_patch
-        return spec
-
-
-def _patch_after_import(name: str, patch) -> None:
-    if name in sys.modules:
-        patch(sys.modules[name])
-    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(name, patch))
-
-
 # Order matters when modules are already imported: losses before engine_workers.
 _PATCHES = (
     ("verl.workers.utils.losses", _patch_losses),
@@ -276,4 +240,4 @@ _PATCHES = (
 def install() -> None:
     """Patch each verl module now if imported, else right after its import. Idempotent."""
     for name, patch in _PATCHES:
-        _patch_after_import(name, patch)
+        after_import(name, patch)

@@ -48,6 +48,9 @@ class Probe:
 
 
 def probe(env_vars):
+    # Another test module in the session may have selected erc_verl's CPU platform for itself
+    # (VERL_PLATFORM=cpu); a worker started by verl on a GPU-less node sees verl's default.
+    env_vars = {"VERL_PLATFORM": "nvidia", **env_vars}
     actor = Probe.options(runtime_env={"env_vars": env_vars}).remote()
     try:
         return ray.get(actor.report.remote(), timeout=300)
