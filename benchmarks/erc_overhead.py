@@ -25,11 +25,18 @@ import tempfile
 import time
 
 VARIANTS = ("vanilla", "dapo_erc", "gppo_erc")
+# Not a loss mode: `vanilla` with verl's own actor.calculate_entropy=True, i.e. the current
+# entropy computed inside the autograd graph (what the authors' fork does). For comparison.
+GRAPH_VARIANT = "vanilla_graph_entropy"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated loss modes; first is the baseline")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated loss modes, first is the baseline; also {GRAPH_VARIANT} (verl's in-graph entropy)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="processes per variant, order alternating")
     p.add_argument("--steps", type=int, default=3, help="timed update steps per process (median taken)")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary size (>= 32000 for the issue's target)")
@@ -70,9 +77,11 @@ def run_child(args):
     from erc_verl import engine_cpu
 
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    graph = args.child == GRAPH_VARIANT
     worker = engine_cpu.build_actor_worker(
         args.model_dir,
-        policy_loss={"_target_": "erc_verl.ERCPolicyLossConfig", "loss_mode": args.child},
+        policy_loss={"_target_": "erc_verl.ERCPolicyLossConfig", "loss_mode": "vanilla" if graph else args.child},
+        calculate_entropy=graph,
         micro_batch_size=args.seqs,
         ppo_mini_batch_size=args.seqs,
         lr=1e-6,
