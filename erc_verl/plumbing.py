@@ -6,7 +6,9 @@ trainer writes it back into the batch as `entropy`), but:
      actor.calculate_entropy is set, and then inside the autograd graph;
   2. `ppo_loss` calls the policy-loss function with a fixed set of keywords, without entropy;
   3. `ppo_loss` re-wraps every policy-loss metric as a MEAN over micro-batches;
-  4. the deprecated v0 trainer (`trainer.use_v1=false`) pops the old entropy before the update.
+  4. the deprecated v0 trainer (`trainer.use_v1=false`) pops the old entropy before the update;
+  5. H_old and H_cur must come from the same entropy function: rho compares them against a
+     +-5% band, and two float32 formulas disagree by more than that on peaked distributions.
 Each function below fixes one of these, wrapping verl's function and calling it; nothing in
 verl's files is edited. A verl tree carrying patches/ does the same in source, and then none
 of this is installed (see registry.install).
@@ -170,13 +172,50 @@ def _actor_config(loss_function):
     return keywords.get("config")
 
 
+# Non-tensor flag on an old-log-prob batch: compute its entropy with the gate's function.
+_GATE_ENTROPY_FLAG = "erc_verl_gate_entropy"
+
+
+def _gate_entropy_without_graph(config) -> bool:
+    return config is not None and config.entropy_coeff == 0 and loss_wants_entropy(config.get("policy_loss"))
+
+
+def make_infer_batch(verl_infer_batch):
+    """Old-log-prob pass: H_old from the same entropy function as H_cur in the update.
+
+    rho compares two entropies; computed by two formulas, their float32 rounding differs (verl's
+    logsumexp - sum(p * z) loses several percent on peaked distributions, the band is +-5%), and
+    on-policy tokens would be cut for it. Only for a worker whose loss wants the entropy.
+    """
+
+    @functools.wraps(verl_infer_batch)
+    def infer_batch(self, data, *args, **kwargs):
+        from tensordict import TensorDict
+
+        if isinstance(data, TensorDict) and _gate_entropy_without_graph(_actor_config(self.loss_fn)):
+            from verl.utils import tensordict_utils as tu
+
+            tu.assign_non_tensor(data, **{_GATE_ENTROPY_FLAG: True})
+        return verl_infer_batch(self, data, *args, **kwargs)
+
+    setattr(infer_batch, _INSTALLED, True)
+    return infer_batch
+
+
 def make_forward_step(verl_forward_step):
     @functools.wraps(verl_forward_step)
     def forward_step(self, micro_batch, loss_function, forward_only):
-        config = _actor_config(loss_function)
-        if forward_only or config is None or not loss_wants_entropy(config.get("policy_loss")):
-            return verl_forward_step(self, micro_batch, loss_function=loss_function, forward_only=forward_only)
         from verl.utils import tensordict_utils as tu
+
+        if forward_only:
+            gate = tu.get_non_tensor_data(data=micro_batch, key=_GATE_ENTROPY_FLAG, default=False)
+            if gate and tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False):
+                with _entropy_outside_autograd(self):
+                    return verl_forward_step(self, micro_batch, loss_function=loss_function, forward_only=True)
+            return verl_forward_step(self, micro_batch, loss_function=loss_function, forward_only=True)
+        config = _actor_config(loss_function)
+        if config is None or not loss_wants_entropy(config.get("policy_loss")):
+            return verl_forward_step(self, micro_batch, loss_function=loss_function, forward_only=forward_only)
 
         tu.assign_non_tensor(micro_batch, calculate_entropy=True)
         if config.entropy_coeff != 0:
@@ -218,6 +257,7 @@ def _patch_losses(module) -> None:
 def _patch_engine_workers(module) -> None:
     # init_model binds `ppo_loss` from this module's namespace when it builds the loss function.
     module.ppo_loss = sys.modules["verl.workers.utils.losses"].ppo_loss
+    _wrap(module.TrainingWorker, "infer_batch", make_infer_batch)
 
 
 def _patch_fsdp_engine(module) -> None:

@@ -22,19 +22,28 @@ def model_dir(tmp_path_factory):
     return engine_cpu.tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), vocab_size=512, hidden_size=64, layers=2)
 
 
-@pytest.fixture(scope="module")
-def peaked_model_dir(model_dir, tmp_path_factory):
+def sharpened(model_dir, out, factor):
     """The tiny model with a sharper output head: a random init is near-uniform over the
     vocabulary, where entropy barely moves; a trained policy's distributions are peaked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path_factory.mktemp("tiny_qwen2_peaked")
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
+        model.lm_head.weight.mul_(factor)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def peaked_model_dir(model_dir, tmp_path_factory):
+    return sharpened(model_dir, tmp_path_factory.mktemp("tiny_qwen2_peaked"), 30.0)
+
+
+@pytest.fixture(scope="module")
+def very_peaked_model_dir(model_dir, tmp_path_factory):
+    # Many positions with entropy < 1e-3, as in a trained LLM's confident tokens.
+    return sharpened(model_dir, tmp_path_factory.mktemp("tiny_qwen2_very_peaked"), 400.0)
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +177,19 @@ def test_monitor_on_vanilla_logs_ratio_metrics_and_trains_like_vanilla(model_dir
         torch.testing.assert_close(mon_after[name], plain_after[name], rtol=0, atol=0, msg=name)
     assert set(METRIC_NAMES) <= set(metrics)
     assert metrics["actor/erc_keep_frac"] <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["dapo_erc", "gppo_erc"])
+def test_on_policy_mini_batch_keeps_every_token(very_peaked_model_dir, rollout, mode):
+    # One mini-batch: the update sees exactly the old-log-prob pass's policy and micro-batches,
+    # so every ratio must be exactly 1, including peaked, near-zero-entropy positions where two
+    # different float32 entropy formulas would disagree by more than the 5% band.
+    batch, advantages = rollout
+    worker = build(very_peaked_model_dir, mode, mini=BSZ)
+    old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0)
+    assert old_entropy[batch["response_mask"].bool()].min() < 1e-3  # the case that matters is present
+    metrics = engine_cpu.update_actor(
+        worker, batch, old_log_probs, old_entropy, advantages, ppo_mini_batch_size=BSZ, temperature=1.0
+    )
+    assert metrics["actor/erc_keep_frac"] == 1.0
+    assert metrics["actor/entropy_ratio_min"] == metrics["actor/entropy_ratio_max"] == 1.0
