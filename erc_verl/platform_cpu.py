@@ -250,6 +250,10 @@ def install_if_selected() -> bool:
     """
     if os.environ.get("VERL_PLATFORM", "").strip().lower() != PLATFORM_NAME:
         return False
+    try:
+        import verl.plugin.platform  # noqa: F401
+    except ImportError:  # a verl without platform plugins (0.7.1, patched): nothing to register
+        return False
     from ._hooks import after_import
 
     _register_platform_class()

@@ -10,12 +10,15 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 STAMP="$VENV/.erc-verl-installed"
 
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-  echo "[setup] creating $VENV (first use: about two minutes)" >&2
+  echo "[setup] installing into $VENV (first use: about two minutes; log: $VENV/install.log)" >&2
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  # torch is already satisfied, so this pins verl and installs the rest without touching torch.
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" "torch==2.13.0"
+  LOG="$VENV/install.log"
+  {
+    "$VENV/bin/python" -m pip install -q --upgrade pip || true
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0" &&
+    # torch is already satisfied, so this pins verl and installs the rest without touching torch.
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" "torch==2.13.0"
+  } >"$LOG" 2>&1 || { tail -n 40 "$LOG" >&2; echo "[setup] install failed; see $LOG" >&2; exit 1; }
   touch "$STAMP"
 fi
 export ERC_VERL_PYTHON="$VENV/bin/python"

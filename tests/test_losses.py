@@ -314,3 +314,14 @@ def test_signatures_announce_the_entropy_keywords():
     for mode, fn in POLICY_LOSS_REGISTRY.items():
         params = inspect.signature(fn).parameters
         assert "entropy" in params and "old_entropy" in params, mode
+
+
+def test_metric_names_are_the_documented_ones():
+    assert METRIC_NAMES == (
+        "actor/erc_keep_frac",
+        "actor/erc_clip_frac_low",
+        "actor/erc_clip_frac_high",
+        "actor/entropy_ratio_mean",
+        "actor/entropy_ratio_min",
+        "actor/entropy_ratio_max",
+    )

@@ -39,6 +39,7 @@ import pytest
 import torch
 
 from erc_verl import engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from erc_verl.metrics import METRIC_NAMES
 
 import ray  # noqa: E402  (a verl dependency)
 import transfer_queue as tq  # noqa: E402  (the `test` extra; verl's V1 trainer needs it: no skip, fail loudly)
@@ -48,14 +49,7 @@ N_PROMPTS, ROLLOUT_N = 4, 2
 BSZ = N_PROMPTS * ROLLOUT_N
 PPO_MINI_BATCH_PROMPTS = 2  # x rollout.n = 4 sequences: two optimizer steps, the second off-policy
 MICRO_BATCH = 2
-ERC_METRICS = (
-    "actor/erc_keep_frac",
-    "actor/erc_clip_frac_low",
-    "actor/erc_clip_frac_high",
-    "actor/entropy_ratio_mean",
-    "actor/entropy_ratio_min",
-    "actor/entropy_ratio_max",
-)
+ERC_METRICS = METRIC_NAMES
 
 pytestmark = pytest.mark.slow  # Ray + TransferQueue start (~20 s) and FSDP2 workers on CPU
 
