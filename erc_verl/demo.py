@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g = parser.add_argument_group("run")
     g.add_argument("--out", default="runs/demo", help="output folder for metrics.jsonl, demo.png, summary.md")
-    g.add_argument("--steps", type=int, default=30, help="RL steps (rollout batches) per loss mode")
+    g.add_argument("--steps", type=int, default=60, help="RL steps (rollout batches) per loss mode")
     g.add_argument("--seed", type=int, default=0, help="seed for model init, warm-up, prompts and sampling")
     g.add_argument(
         "--loss-modes",
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden-size", type=int, default=64, help="tiny Qwen2 hidden size")
     g.add_argument("--layers", type=int, default=2, help="tiny Qwen2 decoder layers")
     g.add_argument("--heads", type=int, default=4, help="attention heads (HEADS//2 key/value heads)")
-    g.add_argument("--sft-steps", type=int, default=100, help="supervised warm-up steps before RL")
+    g.add_argument("--sft-steps", type=int, default=50, help="supervised warm-up steps before RL (50: about half the samples right, room for RL)")
     g.add_argument("--sft-batch-size", type=int, default=64, help="warm-up batch size")
     g.add_argument("--sft-lr", type=float, default=3e-3, help="warm-up AdamW learning rate")
 
