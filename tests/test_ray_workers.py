@@ -46,14 +46,35 @@ class Probe:
             out["lookup"] = f"{type(err).__name__}: {err}"
         return out
 
+    def build_erc_policy_loss_config(self):
+        """What init_model does with the actor config: omega_conf_to_dataclass on its policy_loss."""
+        import sys
 
-def probe(env_vars):
+        from omegaconf import OmegaConf
+        from verl.trainer.ppo import core_algos
+        from verl.utils.config import omega_conf_to_dataclass
+
+        before = "erc_verl" in sys.modules
+        cfg = omega_conf_to_dataclass(
+            OmegaConf.create({"_target_": "erc_verl.ERCPolicyLossConfig", "loss_mode": "dapo_erc"})
+        )
+        import verl.workers.engine_workers as engine_workers
+
+        return {
+            "loaded_before": before,
+            "config": type(cfg).__name__,
+            "registered": "dapo_erc" in core_algos.POLICY_LOSS_REGISTRY,
+            "plumbing": bool(getattr(engine_workers.ppo_loss, "_erc_verl_plumbing", False)),
+        }
+
+
+def probe(env_vars, method="report"):
     # Another test module in the session may have selected erc_verl's CPU platform for itself
     # (VERL_PLATFORM=cpu); a worker started by verl on a GPU-less node sees verl's default.
     env_vars = {"VERL_PLATFORM": "nvidia", **env_vars}
     actor = Probe.options(runtime_env={"env_vars": env_vars}).remote()
     try:
-        return ray.get(actor.report.remote(), timeout=300)
+        return ray.get(getattr(actor, method).remote(), timeout=300)
     finally:
         ray.kill(actor)
 
@@ -80,3 +101,10 @@ def test_worker_without_plugin_fails_loudly(ray_cluster):
     assert not out["loaded"]
     assert "dapo_erc" not in out["modes"]
     assert out["lookup"].startswith("ValueError") and "dapo_erc" in out["lookup"]
+
+
+@pytest.mark.slow
+def test_erc_config_target_alone_loads_plugin_in_worker(ray_cluster):
+    # Neither mechanism on: building the ERC policy-loss config (as init_model does) imports it.
+    out = probe({"VERL_USE_EXTERNAL_PLUGINS": "none"}, method="build_erc_policy_loss_config")
+    assert out == {"loaded_before": False, "config": "ERCPolicyLossConfig", "registered": True, "plumbing": True}
