@@ -78,8 +78,13 @@ def loss_wants_entropy(policy_loss_config) -> bool:
         return False
     mode = policy_loss_config.get("loss_mode", "vanilla")
     fn = core_algos.POLICY_LOSS_REGISTRY.get(mode)
-    wants = getattr(fn, "wants_entropy", None)
-    return bool(wants(policy_loss_config)) if wants is not None else False
+    if fn is None:
+        return False
+    if not hasattr(fn, "wants_entropy"):
+        # Registered after erc_verl was imported (another plugin): give it the monitor too.
+        fn = with_monitor(fn)
+        _register(mode, fn)
+    return bool(fn.wants_entropy(policy_loss_config))
 
 
 def install() -> str:

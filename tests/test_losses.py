@@ -325,3 +325,19 @@ def test_metric_names_are_the_documented_ones():
         "actor/entropy_ratio_min",
         "actor/entropy_ratio_max",
     )
+
+
+def test_loss_registered_after_the_plugin_gets_the_monitor(monkeypatch):
+    from erc_verl.registry import loss_wants_entropy
+
+    def late_policy_loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean",
+                         config=None, rollout_is_weights=None):
+        return compute_policy_loss_vanilla(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode,
+                                           config, rollout_is_weights)
+
+    monkeypatch.setitem(POLICY_LOSS_REGISTRY, "late", late_policy_loss)
+    config = actor_config("late", entropy_ratio_monitor=True)
+    assert loss_wants_entropy(config.policy_loss)
+    batch = make_batch(4)
+    _, _, metrics = call(POLICY_LOSS_REGISTRY["late"], batch, config)
+    assert set(METRIC_NAMES) <= set(metrics)
