@@ -84,8 +84,7 @@ def patched_trainer_flags(cfg, batch) -> dict:
 
 
 def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
-    cfg = engine_cpu.actor_config_dict(
-        model_dir,
+    settings = dict(
         policy_loss={"_target_": ERC_TARGET, **policy_loss},
         clip_ratio_low=0.2,
         clip_ratio_high=0.28,
@@ -93,15 +92,8 @@ def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
         micro_batch_size=2,
         **options,
     )
-    worker = engine_cpu.build_actor_worker(
-        model_dir,
-        policy_loss={"_target_": ERC_TARGET, **policy_loss},
-        clip_ratio_low=0.2,
-        clip_ratio_high=0.28,
-        clip_ratio_c=10.0,
-        micro_batch_size=2,
-        **options,
-    )
+    cfg = engine_cpu.actor_config_dict(model_dir, **settings)
+    worker = engine_cpu.build_actor_worker(model_dir, **settings)
     flags = {}
     if erc_verl.PLUMBING == "patched":
         from verl.utils import tensordict_utils as tu
