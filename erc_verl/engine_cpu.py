@@ -50,6 +50,7 @@ __all__ = [
     "actor_config_dict",
     "build_actor_worker",
     "make_batch",
+    "random_rollout",
     "to_worker_batch",
     "compute_old_log_prob",
     "update_actor",
@@ -414,6 +415,22 @@ def make_batch(
         },
         batch_size=[bsz],
     )
+
+
+def random_rollout(bsz: int, prompt_len: int, response_len: int, *, vocab_high: int = 500, seed: int = 0):
+    """A rollout batch of random token ids with ragged prompts and responses, and advantages.
+
+    Prompts are prompt_len - (i % 3) long, responses response_len - i (so response_len > bsz),
+    advantages one N(0, 1) value per sequence on its response tokens. Tests use it so the
+    stock and patched paths see the very same batch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, vocab_high, (prompt_len - i % 3,), generator=gen).tolist() for i in range(bsz)]
+    responses = [torch.randint(3, vocab_high, (response_len - i,), generator=gen).tolist() for i in range(bsz)]
+    batch = make_batch(prompts, responses)
+    mask = batch["response_mask"].float()
+    advantages = torch.randn(bsz, 1, generator=gen).expand(bsz, response_len) * mask
+    return batch, advantages
 
 
 def _nested(rows: list[torch.Tensor]) -> torch.Tensor:

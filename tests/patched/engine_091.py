@@ -45,13 +45,7 @@ VOLATILE = ("perf/", "timing", "mfu")
 
 
 def rollout():
-    gen = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 500, (PROMPT_LEN - i % 3,), generator=gen).tolist() for i in range(BSZ)]
-    responses = [torch.randint(3, 500, (RESPONSE_LEN - i,), generator=gen).tolist() for i in range(BSZ)]
-    batch = engine_cpu.make_batch(prompts, responses)
-    mask = batch["response_mask"].float()
-    advantages = torch.randn(BSZ, 1, generator=gen).expand(BSZ, RESPONSE_LEN) * mask
-    return batch, advantages
+    return engine_cpu.random_rollout(BSZ, PROMPT_LEN, RESPONSE_LEN)
 
 
 def patched_trainer_flags(cfg, batch) -> dict:
