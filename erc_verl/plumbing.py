@@ -40,7 +40,9 @@ class _EntropyFeed:
 _FEED: contextvars.ContextVar[_EntropyFeed | None] = contextvars.ContextVar("erc_verl_entropy_feed", default=None)
 
 
+@functools.lru_cache(maxsize=None)
 def _accepts_entropy(fn) -> bool:
+    # Looked up once per micro-batch; the signature of a registered function does not change.
     import inspect
 
     try:
