@@ -74,7 +74,7 @@ def run_child(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from erc_verl import engine_cpu
+    from erc_verl.cpu import engine as engine_cpu
 
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     graph = args.child == GRAPH_VARIANT
@@ -134,7 +134,7 @@ def main(argv=None):
         # Build the model once, in a process of its own, so every variant loads the same weights.
         model_dir = os.path.join(tmp, "model")
         subprocess.run(
-            [sys.executable, "-c", "import sys; from erc_verl import engine_cpu; "
+            [sys.executable, "-c", "import sys; from erc_verl.cpu import engine as engine_cpu; "
              f"engine_cpu.tiny_qwen2(sys.argv[1], vocab_size={args.vocab}, hidden_size={args.hidden}, "
              f"layers={args.layers}, max_position_embeddings={max(1024, args.seq_len)})", model_dir],
             check=True, env=env,

@@ -19,7 +19,7 @@ LOG_RATIO_CLAMP = 20.0
 WIRING_HINT = (
     "On stock verl 0.9.1 `import erc_verl` (or the `verl.plugins` entry point / "
     "VERL_USE_EXTERNAL_MODULES=erc_verl) installs plumbing that feeds them; on a verl fork apply "
-    "patches/ (scripts/apply_patches.sh). Calling the loss directly: pass "
+    "patches/ (bash scripts/apply_patches.sh VERL_DIR). Calling the loss directly: pass "
     "entropy=<current-policy entropy> and old_entropy=<old-policy entropy>, both shaped like log_prob."
 )
 
@@ -130,8 +130,8 @@ def erc_band(config) -> tuple[float, float]:
         raise ValueError(
             "An ERC loss mode needs the ERC settings: set "
             "actor_rollout_ref.actor.policy_loss._target_=erc_verl.ERCPolicyLossConfig "
-            "(or compose the shipped snippet: +policy_loss@actor_rollout_ref.actor.policy_loss=erc "
-            "with hydra.searchpath=[pkg://erc_verl.config])."
+            "(or compose the shipped snippet: 'hydra.searchpath=[pkg://erc_verl.conf]' "
+            "+policy_loss@actor_rollout_ref.actor.policy_loss=erc)."
         )
     return float(policy_loss_config.entropy_ratio_low), float(policy_loss_config.entropy_ratio_high)
 
@@ -146,6 +146,26 @@ def require_entropies(loss_mode: str, entropy, old_entropy, log_prob: torch.Tens
                 f"loss_mode={loss_mode!r}: {name} has shape {tuple(value.shape)}, "
                 f"log_prob has {tuple(log_prob.shape)}; both entropies must be per response token."
             )
+
+
+def fed_entropies(config, entropy, old_entropy):
+    """The two entropies: the keyword arguments (a patched verl, a direct call), else the feed
+    that erc_verl's runtime plumbing attaches to the actor config for one micro-batch."""
+    feed = getattr(config, "erc_feed", None) if config is not None else None
+    if feed is not None:
+        entropy = feed.entropy if entropy is None else entropy
+        old_entropy = feed.old_entropy if old_entropy is None else old_entropy
+    return entropy, old_entropy
+
+
+def report_metrics(config, metrics: dict, extra: dict) -> None:
+    """Add ERC's metrics to the loss's own, or hand them to the runtime feed.
+
+    Through the feed they bypass verl's ppo_loss, which would re-wrap their SUM/MIN/MAX
+    aggregation as MEAN; a patched verl keeps Metric-typed values itself.
+    """
+    feed = getattr(config, "erc_feed", None) if config is not None else None
+    (feed.metrics if feed is not None else metrics).update(extra)
 
 
 def with_erc(base_fn: Callable, loss_mode: str) -> Callable:
@@ -165,21 +185,25 @@ def with_erc(base_fn: Callable, loss_mode: str) -> Callable:
         **kwargs,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         low, high = erc_band(config)
+        entropy, old_entropy = fed_entropies(config, entropy, old_entropy)
         require_entropies(loss_mode, entropy, old_entropy, log_prob)
         ratio = entropy_ratio(entropy, old_entropy)
         keep = erc_keep_mask(ratio, response_mask, low, high)
+        base_config = getattr(config, "actor_config", config)  # verl's own object for the base loss
         pg_loss, metrics = base_fn(
             old_log_prob=old_log_prob,
             log_prob=erc_gate(log_prob, keep),
             advantages=advantages,
             response_mask=response_mask,
             loss_agg_mode=loss_agg_mode,
-            config=config,
+            config=base_config,
             rollout_is_weights=rollout_is_weights,
             **kwargs,
         )
-        metrics.update(
-            entropy_ratio_metrics(ratio, response_mask, low, high, keep=keep, **_global_batch_info(config))
+        report_metrics(
+            config,
+            metrics,
+            entropy_ratio_metrics(ratio, response_mask, low, high, keep=keep, **_global_batch_info(config)),
         )
         return pg_loss, metrics
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from erc_verl import _compat
+from erc_verl.integration import version as _compat
 
 
 @pytest.mark.parametrize("found", ["0.9.0", "0.8.3", "0.7.1", "0.10.0"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from erc_verl import cli
+from erc_verl.repro import cli
 
 REQUIRED = (
     "run",

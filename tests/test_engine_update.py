@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from erc_verl import engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from erc_verl.cpu import engine as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from erc_verl.losses import fed_entropies
 from erc_verl.metrics import METRIC_NAMES
 
 BSZ, PROMPT_LEN, RESPONSE_LEN = 8, 6, 12
@@ -126,17 +127,17 @@ def test_papers_band_cuts_some_off_policy_tokens(peaked_model_dir, rollout, mode
 
 
 @pytest.mark.parametrize("entropy_coeff", [0.0, 0.01])
-def test_current_entropy_has_no_graph_when_coefficient_is_zero(model_dir, rollout, monkeypatch, entropy_coeff):
+def test_gate_entropy_never_has_a_graph_and_the_bonus_keeps_verls(model_dir, rollout, monkeypatch, entropy_coeff):
     from verl.trainer.ppo import core_algos
 
     seen = []
     real = core_algos.POLICY_LOSS_REGISTRY["dapo_erc"]
 
     def spy(*args, entropy=None, old_entropy=None, **kwargs):
+        entropy, old_entropy = fed_entropies(kwargs.get("config"), entropy, old_entropy)
         seen.append((entropy.requires_grad, entropy.grad_fn is not None, old_entropy.requires_grad))
         return real(*args, entropy=entropy, old_entropy=old_entropy, **kwargs)
 
-    spy.wants_entropy = real.wants_entropy
     monkeypatch.setitem(core_algos.POLICY_LOSS_REGISTRY, "dapo_erc", spy)
     worker = engine_cpu.build_actor_worker(
         model_dir,
@@ -145,10 +146,11 @@ def test_current_entropy_has_no_graph_when_coefficient_is_zero(model_dir, rollou
         micro_batch_size=2,
         ppo_mini_batch_size=BSZ,
     )
-    old_pass_and_update(worker, rollout)
+    metrics = old_pass_and_update(worker, rollout)[2]
     assert len(seen) == BSZ // 2  # one call per micro-batch
-    has_graph = entropy_coeff != 0.0
-    assert all(s == (has_graph, has_graph, False) for s in seen), seen
+    assert all(s == (False, False, False) for s in seen), seen
+    # With an entropy bonus verl still computes its own in-graph entropy for it.
+    assert ("actor/entropy_loss" in metrics) == (entropy_coeff != 0.0), sorted(metrics)
 
 
 def test_missing_old_entropy_stops_the_update_naming_the_fix(model_dir, rollout):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from erc_verl import check
+from erc_verl.repro import check
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -76,7 +76,7 @@ def test_recipe_carries_the_paper_settings(name):
     assert actor.use_dynamic_bsz
     assert (cfg.trainer.test_freq, cfg.trainer.save_freq, cfg.trainer.total_epochs) == (10, 10, 10)
     assert list(cfg.trainer.logger) == ["console", "wandb", "file"]
-    assert cfg.reward.custom_reward_function.path == "pkg://erc_verl.reward"
+    assert cfg.reward.custom_reward_function.path == "pkg://erc_verl.repro.reward"
     assert cfg.reward.custom_reward_function.name == "compute_score"
     assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "erc_verl"
     assert cfg.trainer.experiment_name == name
@@ -232,8 +232,8 @@ def test_hydra_snippet_selects_erc_on_plain_verl():
 
     cfg = _compose_ppo_trainer(
         [
-            "hydra.searchpath=[pkg://erc_verl]",
-            "+config/policy_loss@actor_rollout_ref.actor.policy_loss=erc",
+            "hydra.searchpath=[pkg://erc_verl.conf]",
+            "+policy_loss@actor_rollout_ref.actor.policy_loss=erc",
             "actor_rollout_ref.actor.policy_loss.loss_mode=gppo_erc",
             "actor_rollout_ref.actor.policy_loss.entropy_ratio_high=1.1",
             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
@@ -243,15 +243,3 @@ def test_hydra_snippet_selects_erc_on_plain_verl():
     assert isinstance(actor.policy_loss, erc_verl.ERCPolicyLossConfig)
     assert actor.policy_loss.loss_mode == "gppo_erc"
     assert (actor.policy_loss.entropy_ratio_low, actor.policy_loss.entropy_ratio_high) == (0.95, 1.1)
-
-
-def test_hydra_snippet_module_search_path_does_not_work():
-    # erc_verl/config.py shadows the erc_verl/config/ folder: documented, and this says if it changes.
-    from hydra.errors import ConfigCompositionException
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ConfigCompositionException):
-            _compose_ppo_trainer(
-                ["hydra.searchpath=[pkg://erc_verl.config]", "+policy_loss@actor_rollout_ref.actor.policy_loss=erc"]
-            )

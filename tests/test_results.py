@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from verl.utils.tracking import FileLogger
 
-from erc_verl import results
+from erc_verl.repro import results
 
 BENCHMARKS = ("aime2024", "aime2025", "math500")
 

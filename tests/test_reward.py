@@ -1,12 +1,12 @@
-"""erc_verl.reward: the paper's long-CoT math reward (erc-spec.md section 5)."""
+"""erc_verl.repro.reward: the paper's long-CoT math reward (erc-spec.md section 5)."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from erc_verl import reward
-from erc_verl.reward import compute_score
+from erc_verl.repro import reward
+from erc_verl.repro.reward import compute_score
 
 
 def score(text, gold, **kw):

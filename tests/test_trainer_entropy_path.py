@@ -38,7 +38,8 @@ import copy
 import pytest
 import torch
 
-from erc_verl import engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from erc_verl.cpu import engine as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from erc_verl.losses import fed_entropies
 from erc_verl.metrics import METRIC_NAMES
 
 import ray  # noqa: E402  (a verl dependency)
@@ -97,7 +98,7 @@ def config(model_dir):
 @pytest.fixture(scope="module")
 def actor_worker(config):
     """verl's ActorRolloutRefWorker, role "actor": real __init__ and init_model, no rollout."""
-    from erc_verl.platform_cpu import register_cpu_platform
+    from erc_verl.cpu.platform import register_cpu_platform
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
     assert register_cpu_platform()
@@ -232,6 +233,7 @@ def loss_spy(monkeypatch):
     calls = []
 
     def spy(*args, entropy=None, old_entropy=None, **kwargs):
+        entropy, old_entropy = fed_entropies(kwargs.get("config"), entropy, old_entropy)
         calls.append(
             {
                 "entropy": None if entropy is None else entropy.detach().clone(),
@@ -241,7 +243,6 @@ def loss_spy(monkeypatch):
         )
         return real(*args, entropy=entropy, old_entropy=old_entropy, **kwargs)
 
-    spy.wants_entropy = real.wants_entropy
     monkeypatch.setitem(core_algos.POLICY_LOSS_REGISTRY, "dapo_erc", spy)
     return calls
 

@@ -57,7 +57,7 @@ def default_recipes_dir() -> Path | None:
     """recipes/ of the source checkout this package runs from, else ./recipes."""
     env = os.environ.get("ERC_VERL_RECIPES")
     candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parent.parent / "recipes", Path.cwd() / "recipes"]
+    candidates += [Path(__file__).resolve().parents[2] / "recipes", Path.cwd() / "recipes"]
     for cand in candidates:
         if cand.is_dir():
             return cand

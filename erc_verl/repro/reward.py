@@ -5,7 +5,7 @@
             -0.5 the response never closes its `</think>` block
     acc   = 1.0 when correct, else 0.0 (DAPO dynamic sampling filters groups on it)
 
-Configure it with `reward.custom_reward_function.path=pkg://erc_verl.reward` and
+Configure it with `reward.custom_reward_function.path=pkg://erc_verl.repro.reward` and
 `reward.custom_reward_function.name=compute_score` (the recipes do).
 
 Why a helper process: math_verify bounds its parse/verify time with SIGALRM, which only works

@@ -9,7 +9,7 @@ for the same step.
 
 Validation metrics of the V1 trainer (trainer_base._val_metrics_update) are named
 `val-core/<data_source>/<var>/mean@<n>`, where n is the number of samples per problem (32 in the
-paper's runs: avg@32) and var is `acc` when the reward returns it (erc_verl.reward does).
+paper's runs: avg@32) and var is `acc` when the reward returns it (erc_verl.repro.reward does).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ No Ray: the worker's ``@register``-decorated methods are plain calls when given 
 Platform: verl fixes its platform the first time anything asks for it, so this module sets
 ``VERL_PLATFORM=cpu`` (``os.environ.setdefault``, so an explicit value wins) at import time,
 before any verl internals are imported, and registers the CPU platform and engines from
-``erc_verl.platform_cpu``. Import it before anything else touches verl's platform.
+``erc_verl.cpu.platform``. Import it before anything else touches verl's platform.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any, Optional  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from erc_verl.platform_cpu import install_if_selected, register_cpu_platform  # noqa: E402
+from erc_verl.cpu.platform import install_if_selected, register_cpu_platform  # noqa: E402
 
 # erc_verl may have been imported (through verl's entry point) before the line above set
 # VERL_PLATFORM; make the CPU platform resolvable in this process now.
@@ -295,7 +295,7 @@ def build_actor_worker(model_dir: str, *, return_config: bool = False, device: s
     platform = get_platform()
     if platform.device_name != "cpu":
         raise RuntimeError(
-            f"verl's platform is {platform.device_name!r}, not 'cpu': import erc_verl.engine_cpu (or set "
+            f"verl's platform is {platform.device_name!r}, not 'cpu': import erc_verl.cpu.engine (or set "
             "VERL_PLATFORM=cpu) before anything in verl resolves its platform"
         )
     if not register_cpu_platform():

@@ -232,12 +232,13 @@ def gate_spy(mode: str, band, counters: dict):
     import torch
     from verl.trainer.ppo import core_algos
 
-    from erc_verl.losses import entropy_ratio
+    from erc_verl.losses import entropy_ratio, fed_entropies
 
     low, high = band
     real = core_algos.POLICY_LOSS_REGISTRY[mode]
 
     def spy(*args, entropy=None, old_entropy=None, **kwargs):
+        entropy, old_entropy = fed_entropies(kwargs.get("config"), entropy, old_entropy)
         pg_loss, metrics = real(*args, entropy=entropy, old_entropy=old_entropy, **kwargs)
         log_prob, mask = kwargs["log_prob"], kwargs["response_mask"].bool()
         if entropy is None or old_entropy is None or not log_prob.requires_grad:
@@ -261,7 +262,6 @@ def gate_spy(mode: str, band, counters: dict):
             )
         return pg_loss, metrics
 
-    spy.wants_entropy = real.wants_entropy
     core_algos.POLICY_LOSS_REGISTRY[mode] = spy
     try:
         yield

@@ -42,7 +42,7 @@ class SourceSpec:
     hub_id: str | None
     # Split to load from the Hub.
     hub_split: str
-    # File shipped in erc_verl/assets/data, used when there is no --file override.
+    # File shipped in erc_verl/repro/assets/data, used when there is no --file override.
     asset: str | None
     # Fields that may hold the question, in order of preference.
     question_fields: tuple[str, ...]
@@ -232,7 +232,7 @@ def load_rows(spec: SourceSpec, local: Path | None) -> tuple[list[dict], str]:
     if local is not None:
         return read_local(local), str(local)
     if spec.asset is not None:
-        return read_local(ASSETS / spec.asset), f"erc_verl/assets/data/{spec.asset}"
+        return read_local(ASSETS / spec.asset), f"erc_verl/repro/assets/data/{spec.asset}"
     if spec.hub_id is None:
         raise DataFormatError(f"{spec.name}: no source; pass --file {spec.name}=PATH")
     return read_hub(spec), f"hf://{spec.hub_id}"

@@ -8,7 +8,7 @@ device ``cpu`` too, without touching verl's files.
 
 Select it with ``VERL_PLATFORM=cpu`` set *before* anything in verl first calls
 ``get_platform()`` (the choice is cached for the life of the process), then call
-:func:`register_cpu_platform`. ``erc_verl.engine_cpu`` does both for you.
+:func:`register_cpu_platform`. ``erc_verl.cpu.engine`` does both for you.
 
 This is for tests, the CPU demo and the overhead benchmark; it is never needed on a GPU box.
 """
@@ -254,7 +254,7 @@ def install_if_selected() -> bool:
         import verl.plugin.platform  # noqa: F401
     except ImportError:  # a verl without platform plugins (0.7.1, patched): nothing to register
         return False
-    from ._hooks import after_import
+    from erc_verl.integration.hooks import after_import
 
     _register_platform_class()
     after_import("verl.workers.engine.fsdp.transformer_impl", _register_engines_after_import)

@@ -6,11 +6,11 @@ import sys
 
 # subcommand -> (module, one-line help). Each module defines add_arguments(parser) and main(args).
 SUBCOMMANDS = {
-    "demo": ("erc_verl.demo", "train a tiny model on CPU with and without ERC and compare"),
-    "check": ("erc_verl.check", "compose recipes on verl's config and build its dataclasses, without Ray"),
-    "prepare-data": ("erc_verl.data", "write verl RL parquet files for the paper's training and evaluation sets"),
-    "table": ("erc_verl.results", "Markdown results table from verl file logs"),
-    "plot": ("erc_verl.results", "PNG of entropy, ERC keep fraction, grad norm and val score"),
+    "demo": ("erc_verl.cpu.demo", "train a tiny model on CPU with and without ERC and compare"),
+    "check": ("erc_verl.repro.check", "compose recipes on verl's config and build its dataclasses, without Ray"),
+    "prepare-data": ("erc_verl.repro.data", "write verl RL parquet files for the paper's training and evaluation sets"),
+    "table": ("erc_verl.repro.results", "Markdown results table from verl file logs"),
+    "plot": ("erc_verl.repro.results", "PNG of entropy, ERC keep fraction, grad norm and val score"),
 }
 
 

@@ -1,0 +1,337 @@
+"""Every place erc_verl touches stock verl 0.9.1 at run time (the patch sets do the same in source).
+
+Touch-points, each a wrapper that calls verl's own function (nothing in verl's files is edited):
+
+| verl 0.9.1 module                          | wrapped                               | why |
+| ------------------------------------------ | ------------------------------------- | --- |
+| workers/utils/losses.py (+ engine_workers) | ppo_loss                              | feed H_cur/H_old to the ERC losses; monitor metrics for baselines |
+| workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel |
+| workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_step     | update: ask for the gate entropy when the loss wants it |
+| workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.prepare_model_outputs | compute that entropy under no_grad, before the log-prob kernel |
+| trainer/ppo/ray_trainer.py (v0 trainer)    | RayPPOTrainer._compute_old_log_prob, fit | keep H_old (fit() pops `entropys`); refuse a recipe whose dynamic sampling v0 would drop |
+
+Why the entropy is computed here and not by verl's `calculate_entropy`: the ratio H_cur/H_old
+is compared with a +-5% band, so both must come from one accurate function
+(erc_verl.entropy.entropy_from_logits), whatever `use_torch_compile` or chunking say; and taken
+under no_grad before the log-prob kernel runs, it leaves flash-attn's in-place cross-entropy
+backward on (verl turns that off whenever `calculate_entropy` is set).
+docs/architecture.md has the table with the matching patches.
+"""
+
+import functools
+import sys
+
+import torch
+
+from ..entropy import entropy_from_logits
+from .hooks import after_import
+from .registry import is_erc_mode, loss_wants_entropy, monitor_enabled
+
+_INSTALLED = "_erc_verl_plumbing"
+# Non-tensor flag on a micro-batch: compute erc_verl's gate entropy for it, in the
+# old-log-prob pass ("old") or in the update ("update").
+GATE_FLAG = "erc_verl_gate_entropy"
+# model_output key of that entropy (verl's own "entropy" stays verl's, e.g. for an entropy bonus).
+GATE_KEY = "erc_gate_entropy"
+
+
+class EntropyFeed:
+    """One micro-batch's entropies, handed to an ERC loss through the actor config."""
+
+    def __init__(self, entropy, old_entropy):
+        self.entropy = entropy
+        self.old_entropy = old_entropy
+        self.metrics = {}  # ERC metrics with their own aggregation (erc_verl.losses.report_metrics)
+
+
+class ConfigWithFeed:
+    """The actor config verl passes to the policy loss, plus `erc_feed`; reads fall through.
+
+    verl's ppo_loss calls the loss with a fixed set of keywords; like verl's own
+    `config.global_batch_info`, per-micro-batch inputs travel on the config object. Nothing
+    global is replaced, so concurrent or nested calls cannot see each other's entropies.
+    """
+
+    def __init__(self, actor_config, feed: EntropyFeed):
+        object.__setattr__(self, "actor_config", actor_config)
+        object.__setattr__(self, "erc_feed", feed)
+
+    def __getattr__(self, name):
+        return getattr(self.actor_config, name)
+
+    def __getitem__(self, key):
+        return self.actor_config[key]
+
+    def __contains__(self, key):
+        return key in self.actor_config
+
+    def get(self, key, default=None):
+        return self.actor_config.get(key, default)
+
+
+def _padded_response_field(data, key: str):
+    """data[key] as a (bsz, response_len) tensor, padded the way ppo_loss pads old_log_probs."""
+    if key not in data.keys():
+        return None
+    return data.select("old_log_probs", key).to_padded_tensor()[key]
+
+
+def _missing_entropy_error(which: str, config) -> ValueError:
+    mode = config.policy_loss.get("loss_mode", "vanilla")
+    if which == "old":
+        return ValueError(
+            f"policy_loss.loss_mode={mode!r} (or entropy_ratio_monitor) needs the old-policy entropy, "
+            "but the update batch has no `entropy` field. It comes from the old-log-prob pass: "
+            "ERC cannot run with algorithm.rollout_correction.bypass_mode=true (no such pass); with "
+            "trainer.use_v1=false make sure erc_verl is loaded in the driver too (the `verl.plugins` "
+            "entry point or VERL_USE_EXTERNAL_MODULES=erc_verl)."
+        )
+    return ValueError(
+        f"policy_loss.loss_mode={mode!r} (or entropy_ratio_monitor) needs the current-policy entropy, "
+        "but the engine returned none. erc_verl computes it in verl's FSDP engine; for another engine "
+        "set actor_rollout_ref.actor.calculate_entropy=true."
+    )
+
+
+def make_ppo_loss(verl_ppo_loss):
+    """ppo_loss that feeds both entropies to an ERC loss and logs the monitor for the others."""
+
+    @functools.wraps(verl_ppo_loss)
+    def ppo_loss(config, model_output, data, dp_group=None):
+        policy_loss = config.policy_loss
+        if not loss_wants_entropy(policy_loss):
+            return verl_ppo_loss(config, model_output, data, dp_group)
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        from ..losses import entropy_ratio, erc_band, _global_batch_info
+        from ..metrics import entropy_ratio_metrics
+
+        current = model_output.get(GATE_KEY, None)
+        if current is None:
+            current = model_output.get("entropy", None)
+        if current is None:
+            raise _missing_entropy_error("current", config)
+        old = _padded_response_field(data, "entropy")
+        if old is None:
+            raise _missing_entropy_error("old", config)
+        current = no_padding_2_padding(current, data)
+
+        if is_erc_mode(policy_loss):
+            feed = EntropyFeed(current, old)
+            loss, metrics = verl_ppo_loss(ConfigWithFeed(config, feed), model_output, data, dp_group)
+            metrics.update(feed.metrics)
+            return loss, metrics
+
+        # Monitor on a baseline: verl's loss runs untouched; the ratio statistics are only read.
+        loss, metrics = verl_ppo_loss(config, model_output, data, dp_group)
+        response_mask = _padded_response_field(data, "response_mask").bool()
+        low, high = erc_band(config)
+        metrics.update(
+            entropy_ratio_metrics(
+                entropy_ratio(current, old), response_mask, low, high, **_global_batch_info(config)
+            )
+        )
+        return loss, metrics
+
+    setattr(ppo_loss, _INSTALLED, True)
+    return ppo_loss
+
+
+def _actor_config(loss_function):
+    keywords = getattr(loss_function, "keywords", None) or {}
+    return keywords.get("config")
+
+
+def _gate_entropy_wanted(config) -> bool:
+    return config is not None and loss_wants_entropy(config.get("policy_loss"))
+
+
+def make_infer_batch(verl_infer_batch):
+    """Old-log-prob pass: flag the batch so H_old comes from erc_verl's kernel, like H_cur."""
+
+    @functools.wraps(verl_infer_batch)
+    def infer_batch(self, data, *args, **kwargs):
+        from tensordict import TensorDict
+
+        if isinstance(data, TensorDict) and _gate_entropy_wanted(_actor_config(self.loss_fn)):
+            from verl.utils import tensordict_utils as tu
+
+            tu.assign_non_tensor(data, **{GATE_FLAG: "old"})
+        return verl_infer_batch(self, data, *args, **kwargs)
+
+    setattr(infer_batch, _INSTALLED, True)
+    return infer_batch
+
+
+def make_forward_step(verl_forward_step):
+    """Update: flag the micro-batch when the loss wants the entropy (verl's own flags untouched)."""
+
+    @functools.wraps(verl_forward_step)
+    def forward_step(self, micro_batch, loss_function, forward_only):
+        if not forward_only and _gate_entropy_wanted(_actor_config(loss_function)):
+            from verl.utils import tensordict_utils as tu
+
+            tu.assign_non_tensor(micro_batch, **{GATE_FLAG: "update"})
+        return verl_forward_step(self, micro_batch, loss_function=loss_function, forward_only=forward_only)
+
+    setattr(forward_step, _INSTALLED, True)
+    return forward_step
+
+
+def _full_logits(logits):
+    from torch.distributed.tensor import DTensor
+
+    # With tensor parallelism the logits are sharded on the vocabulary; verl gathers them too.
+    return logits.full_tensor() if isinstance(logits, DTensor) else logits
+
+
+def _gate_entropy(engine, output, output_args, micro_batch):
+    """erc_verl's entropy of softmax(logits / T), laid out like verl lays out its log-probs."""
+    from verl.utils import tensordict_utils as tu
+
+    input_ids = micro_batch["input_ids"]
+    cu_seqlens = input_ids.offsets()
+    if tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True):
+        logits = _full_logits(output.logits).squeeze(0)  # (total_nnz / sp + pad, vocab)
+        temperature = output_args.get("temperature_rmpad", None)
+        if temperature is None:
+            temperature = micro_batch["temperature"]
+        entropy = entropy_from_logits(logits, temperature=temperature)
+        entropy = engine._gather_and_unpad_packed(entropy, output_args["pad_size"])  # Ulysses gather
+        return torch.nested.nested_tensor_from_jagged(entropy, cu_seqlens)
+    logits = _full_logits(output.logits)  # (bsz, seqlen, vocab)
+    temperature = output_args["temperature"].unsqueeze(-1)  # (bsz, 1)
+    entropy = entropy_from_logits(logits, temperature=temperature)
+    seq_lengths = cu_seqlens.diff()
+    starts = torch.zeros_like(seq_lengths, dtype=torch.int64)
+    entropy = torch.nested.narrow(entropy, 1, starts, seq_lengths, layout=torch.jagged)
+    return torch.nested.nested_tensor_from_jagged(torch.cat(entropy.unbind()), cu_seqlens)
+
+
+def make_prepare_model_outputs(verl_prepare_model_outputs):
+    """Compute the gate entropy from the logits before verl's log-prob kernel sees them.
+
+    verl's own entropy request is switched off for the call when erc_verl supplies the entropy
+    (so verl keeps flash-attn's in-place cross-entropy backward), unless the loss needs verl's
+    in-graph entropy for an entropy bonus. verl's fused kernels never materialise the logits;
+    there verl's fused entropy is used for both passes (docs/architecture.md gives its accuracy).
+    """
+
+    @functools.wraps(verl_prepare_model_outputs)
+    def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
+        from verl.utils import tensordict_utils as tu
+
+        gate = tu.get_non_tensor_data(data=micro_batch, key=GATE_FLAG, default=None)
+        if gate not in ("old", "update"):
+            return verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
+        if tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False):
+            tu.assign_non_tensor(micro_batch, calculate_entropy=True)
+            model_output = verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
+            model_output[GATE_KEY] = model_output["entropy"].detach()
+            return model_output
+
+        with torch.no_grad():
+            gate_entropy = _gate_entropy(self, output, output_args, micro_batch)
+        asked = tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False)
+        # The old-log-prob pass asks for "entropy" and gets erc_verl's; the update keeps verl's
+        # in-graph entropy only where it asked for one itself (entropy bonus, calculate_entropy).
+        verl_entropy = asked and gate == "update"
+        if asked and not verl_entropy:
+            tu.assign_non_tensor(micro_batch, calculate_entropy=False)
+        try:
+            model_output = verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
+        finally:
+            if asked and not verl_entropy:
+                tu.assign_non_tensor(micro_batch, calculate_entropy=True)
+        model_output[GATE_KEY] = gate_entropy
+        if "entropy" not in model_output and asked:
+            model_output["entropy"] = gate_entropy
+        return model_output
+
+    setattr(prepare_model_outputs, _INSTALLED, True)
+    return prepare_model_outputs
+
+
+def make_v0_compute_old_log_prob(verl_compute_old_log_prob):
+    """v0 trainer: keep a copy of the old entropy under `entropy`; fit() pops only `entropys`."""
+
+    @functools.wraps(verl_compute_old_log_prob)
+    def _compute_old_log_prob(self, batch):
+        old_log_prob, mfu = verl_compute_old_log_prob(self, batch)
+        policy_loss = self.config.actor_rollout_ref.actor.get("policy_loss")
+        if loss_wants_entropy(policy_loss) and "entropys" in old_log_prob.batch.keys():
+            old_log_prob.batch["entropy"] = old_log_prob.batch["entropys"].clone()
+        return old_log_prob, mfu
+
+    setattr(_compute_old_log_prob, _INSTALLED, True)
+    return _compute_old_log_prob
+
+
+def v0_trainer_problem(config) -> str | None:
+    """Why the v0 trainer would silently run another experiment than this config, or None."""
+    algorithm = config.get("algorithm") or {}
+    filter_groups = algorithm.get("filter_groups") or {}
+    if filter_groups.get("enable", False):
+        return (
+            "trainer.use_v1=false runs verl's v0 trainer, which has no dynamic sampling: it would "
+            "silently drop algorithm.filter_groups and train on data.gen_batch_size prompts per step. "
+            "Fix: set trainer.use_v1=true (the recipes' trainer), or algorithm.filter_groups.enable=false "
+            "to run without dynamic sampling on purpose."
+        )
+    return None
+
+
+def make_v0_fit(verl_fit):
+    @functools.wraps(verl_fit)
+    def fit(self, *args, **kwargs):
+        problem = v0_trainer_problem(self.config)
+        if problem:
+            raise ValueError(problem)
+        return verl_fit(self, *args, **kwargs)
+
+    setattr(fit, _INSTALLED, True)
+    return fit
+
+
+def _wrap(owner, name: str, make) -> None:
+    current = getattr(owner, name)
+    if not getattr(current, _INSTALLED, False):
+        setattr(owner, name, make(current))
+
+
+def _patch_losses(module) -> None:
+    _wrap(module, "ppo_loss", make_ppo_loss)
+
+
+def _patch_engine_workers(module) -> None:
+    # init_model binds `ppo_loss` from this module's namespace when it builds the loss function.
+    losses = sys.modules.get("verl.workers.utils.losses")
+    if losses is not None:
+        _patch_losses(losses)
+        module.ppo_loss = losses.ppo_loss
+    _wrap(module.TrainingWorker, "infer_batch", make_infer_batch)
+
+
+def _patch_fsdp_engine(module) -> None:
+    _wrap(module.FSDPEngineWithLMHead, "forward_step", make_forward_step)
+    _wrap(module.FSDPEngineWithLMHead, "prepare_model_outputs", make_prepare_model_outputs)
+
+
+def _patch_v0_trainer(module) -> None:
+    _wrap(module.RayPPOTrainer, "_compute_old_log_prob", make_v0_compute_old_log_prob)
+    _wrap(module.RayPPOTrainer, "fit", make_v0_fit)
+
+
+# Order matters when modules are already imported: losses before engine_workers.
+PATCHES = (
+    ("verl.workers.utils.losses", _patch_losses),
+    ("verl.workers.engine_workers", _patch_engine_workers),
+    ("verl.workers.engine.fsdp.transformer_impl", _patch_fsdp_engine),
+    ("verl.trainer.ppo.ray_trainer", _patch_v0_trainer),
+)
+
+
+def install() -> None:
+    """Patch each verl module now if imported, else right after its import. Idempotent."""
+    for name, patch in PATCHES:
+        after_import(name, patch)
