@@ -1,25 +1,27 @@
 """Entropy Ratio Clipping (arXiv 2512.05591) for verl.
 
-Importing this package is all it takes: it checks the verl release, registers the loss
-modes `dapo_erc`, `gppo` and `gppo_erc` in verl's policy-loss registry, and (on stock verl)
-installs the plumbing that feeds current and old-policy entropy to them. verl imports it in
-every process through the `verl.plugins` entry point or `VERL_USE_EXTERNAL_MODULES=erc_verl`.
+Importing this package is all it takes. verl imports it in every process (driver and Ray
+workers) through the `verl.plugins` entry point or `VERL_USE_EXTERNAL_MODULES=erc_verl`, while
+`import verl` is still running, so this does only cheap things: it checks the verl release and
+arranges, through after-import hooks, that the moment verl's own modules load, the loss modes
+`dapo_erc`, `gppo` and `gppo_erc` are registered and (on stock verl) the plumbing that feeds
+them the current and old-policy entropy is installed. See docs/architecture.md.
 
-Layout (docs/architecture.md):
-  config.py, losses.py, entropy.py, metrics.py   the plugin core: settings and formulas
-  integration/                                    every place erc_verl touches verl
-  cpu/                                            CPU platform, rollout backend, demo (opt-in)
-  repro/                                          recipes' tools: check, data, reward, results, cli
+Layout:
+  config.py, losses.py, entropy.py, metrics.py, modes.py   the plugin core: settings and formulas
+  integration/                                             every place erc_verl touches verl
+  cpu/                                                     CPU platform, rollout backend, demo (opt-in)
+  repro/                                                   the recipes' tools: check, data, reward, results, cli
 """
 
 from .integration.version import SUPPORTED_VERL, check_verl_version
+from .modes import ERC_LOSS_MODES, REGISTERED_LOSS_MODES
 
 check_verl_version()
 
-from .config import ERC_LOSS_MODES, REGISTERED_LOSS_MODES, ERCPolicyLossConfig  # noqa: E402
 from .integration import install as _install  # noqa: E402
 
-PLUMBING = _install()
+_install()
 
 __version__ = "0.1.0"
 __all__ = [
@@ -29,3 +31,17 @@ __all__ = [
     "SUPPORTED_VERL",
     "PLUMBING",
 ]
+
+
+def __getattr__(name):
+    # Loaded on first use: importing verl's config classes at plugin load costs ~1.5 s and
+    # ~230 modules in processes that may never build an actor config.
+    if name == "ERCPolicyLossConfig":
+        from .config import ERCPolicyLossConfig
+
+        return ERCPolicyLossConfig
+    if name == "PLUMBING":
+        from .integration import plumbing
+
+        return plumbing()
+    raise AttributeError(f"module 'erc_verl' has no attribute {name!r}")

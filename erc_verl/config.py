@@ -5,10 +5,7 @@ from dataclasses import dataclass
 
 from verl.workers.config import PolicyLossConfig
 
-# Loss modes whose gradient is gated by the entropy ratio.
-ERC_LOSS_MODES = ("dapo_erc", "gppo_erc")
-# Every loss mode this package registers (gppo is the ungated GPPO baseline).
-REGISTERED_LOSS_MODES = ("dapo_erc", "gppo", "gppo_erc")
+from .modes import ERC_LOSS_MODES, REGISTERED_LOSS_MODES  # noqa: F401  (re-exported)
 
 # Dotted path users (and recipes) put in `actor_rollout_ref.actor.policy_loss._target_`.
 TARGET = "erc_verl.ERCPolicyLossConfig"
@@ -36,9 +33,18 @@ class ERCPolicyLossConfig(PolicyLossConfig):
     # Log the entropy-ratio metrics (actor/erc_keep_frac, actor/entropy_ratio_mean, ...) for any
     # loss mode, e.g. a `vanilla` or `gppo` baseline. Never changes a gradient. ERC modes always log.
     entropy_ratio_monitor: bool = False
+    # Weight of the authors' positive-sample NLL term: coeff * agg_loss(-log_prob) over the responses
+    # whose summed token-level reward is exactly 1.0 (correct answers), added to the policy loss of
+    # every loss mode and NOT gated by ERC. The paper's text has no such term: 0.0 (the default) is
+    # the paper text's objective. The authors' runs used 0.1: Kwai-Klear/ERC sets
+    # `actor_rollout_ref.actor.postive_loss_coeff=0.1` in every recipe/dapo/*_erc_1_05.sh and 0.1
+    # is the default of its verl/trainer/config/actor/actor.yaml (so their baselines had it too).
+    # Normalised like the authors' micro-batch agg_loss (docs/algorithm.md, "Positive-sample NLL
+    # term"); logged as actor/positive_nll. Formula: erc_verl.losses.positive_nll_loss.
+    positive_nll_coeff: float = 0.0
 
     def __post_init__(self):
-        for name in ("entropy_ratio_low", "entropy_ratio_high", "gppo_beta_low", "gppo_beta_high"):
+        for name in ("entropy_ratio_low", "entropy_ratio_high", "gppo_beta_low", "gppo_beta_high", "positive_nll_coeff"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"policy_loss.{name} must be a finite number, got {value!r}")
@@ -53,6 +59,11 @@ class ERCPolicyLossConfig(PolicyLossConfig):
         for name in ("gppo_beta_low", "gppo_beta_high"):
             if getattr(self, name) < 0:
                 raise ValueError(f"policy_loss.{name} must be >= 0 (1.0 is GPPO), got {getattr(self, name)}")
+        if self.positive_nll_coeff < 0:
+            raise ValueError(
+                f"policy_loss.positive_nll_coeff must be >= 0 (0 = the paper text's objective, 0.1 = the "
+                f"authors' runs), got {self.positive_nll_coeff}"
+            )
         if not isinstance(self.entropy_ratio_monitor, bool):
             raise ValueError(
                 f"policy_loss.entropy_ratio_monitor must be true or false, got {self.entropy_ratio_monitor!r}"

@@ -7,9 +7,23 @@ It knows verl's policy-loss calling convention and nothing of verl's workers.
 from typing import Any, Callable
 
 import torch
-from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla
-
 from .metrics import entropy_ratio_metrics
+
+
+# verl's own functions, looked up at call time: importing verl.trainer.ppo.core_algos from
+# here would make `import verl` (which loads this plugin) pull in verl's trainer stack, and
+# core_algos loading is what triggers our registration (erc_verl/integration/__init__.py).
+def agg_loss(*args, **kwargs):
+    from verl.trainer.ppo.core_algos import agg_loss as verl_agg_loss
+
+    return verl_agg_loss(*args, **kwargs)
+
+
+def compute_policy_loss_vanilla(*args, **kwargs):
+    """verl's PPO-clip with clip-higher and dual-clip: the DAPO base loss."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla as verl_vanilla
+
+    return verl_vanilla(*args, **kwargs)
 
 # Added to both entropies so a zero-entropy (one-hot) position gives a finite ratio.
 RATIO_EPS = 1e-8
@@ -62,6 +76,110 @@ def _clip_bounds(config) -> tuple[float, float, float]:
 def _global_batch_info(config) -> dict:
     # verl >= 0.8 normalises over the global mini-batch; older actors have no such field.
     return dict(getattr(config, "global_batch_info", None) or {})
+
+
+# A response is positive (correct) when its token-level rewards sum to exactly this: the authors'
+# dp_actor tests `token_level_rewards.sum(-1) == 1.0`; the recipes' reward gives +1 to a correct answer.
+POSITIVE_REWARD = 1.0
+
+
+def positive_responses(token_level_rewards: torch.Tensor) -> torch.Tensor:
+    """(bsz,) bool: the responses whose summed token-level reward is exactly POSITIVE_REWARD."""
+    return token_level_rewards.float().sum(dim=-1) == POSITIVE_REWARD
+
+
+def loss_sum_aggregation(global_batch_info: dict | None) -> bool:
+    """Whether a micro-batch's loss terms are shares of the global mini-batch (verl >= 0.8's
+    ppo_loss then logs them with SUM aggregation), as opposed to plain micro-batch means."""
+    info = global_batch_info or {}
+    return (
+        int(info.get("dp_size", 1) or 1) > 1
+        or info.get("batch_num_tokens") is not None
+        or info.get("global_batch_size") is not None
+        or info.get("loss_scale_factor") is not None
+    )
+
+
+def positive_nll_loss(
+    log_prob: torch.Tensor,
+    response_mask: torch.Tensor,
+    positive: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    global_batch_info: dict | None = None,
+) -> torch.Tensor:
+    """The authors' positive-sample NLL term of one micro-batch, before its coefficient.
+
+    Kwai-Klear/ERC's dp_actor.update_policy adds, per micro-batch,
+    `coeff * agg_loss(-log_prob[positive], response_mask[positive], loss_agg_mode)`: the NLL of
+    the correct responses' tokens, aggregated over the micro-batch's positive responses only,
+    next to a policy loss aggregated over the micro-batch. With token-mean a positive token
+    therefore weighs coeff * N_micro / P_micro relative to one token of the policy loss
+    (N_micro response tokens, P_micro of them in positive responses).
+
+    verl >= 0.8 normalises the policy loss over the global mini-batch instead (agg_loss with
+    `global_batch_info`: for token-mean sum / batch_num_tokens * dp_size). To keep the authors'
+    per-micro-batch weight exactly, the authors' micro-batch aggregate is multiplied by the same
+    factor that turns the policy loss's micro-batch aggregate into its global share,
+    s = agg_loss(1, mask, global) / agg_loss(1, mask, local) (token-mean:
+    N_micro * dp_size / batch_num_tokens; seq-mean-*: B_micro * dp_size / global_batch_size).
+    Without global information s = 1, the authors' formula as is. docs/algorithm.md derives it.
+
+    log_prob keeps its graph (the term's gradient is the point); ERC's gate never touches it.
+    Returns a scalar; 0 (no graph) when the micro-batch has no positive response tokens.
+    """
+    mask = response_mask.bool()
+    positive = positive.bool().reshape(-1)
+    if positive.shape[0] != log_prob.shape[0]:
+        raise ValueError(f"positive has {positive.shape[0]} rows, log_prob {log_prob.shape[0]}")
+    pos_mask = mask[positive]
+    if not bool(pos_mask.any()):
+        return torch.zeros((), dtype=torch.float32, device=log_prob.device)
+    # The authors' agg_loss over the positive rows of the micro-batch (verl's agg_loss without
+    # global information is the micro-batch-local aggregate).
+    local = agg_loss(loss_mat=-log_prob[positive], loss_mask=pos_mask, loss_agg_mode=loss_agg_mode)
+    info = dict(global_batch_info or {})
+    if not loss_sum_aggregation(info):
+        return local
+    with torch.no_grad():
+        ones = torch.ones_like(log_prob, dtype=torch.float32)
+        share = agg_loss(loss_mat=ones, loss_mask=mask, loss_agg_mode=loss_agg_mode, **info)
+        whole = agg_loss(loss_mat=ones, loss_mask=mask, loss_agg_mode=loss_agg_mode)
+        scale = share / whole
+    return local * scale
+
+
+def positive_nll_term(config, log_prob, response_mask, token_level_rewards, loss_agg_mode, global_batch_info=None):
+    """`(coeff * positive_nll_loss(...), metrics)` for one micro-batch, or `(None, {})` with coeff 0.
+
+    config: the actor config (its policy_loss.positive_nll_coeff). token_level_rewards: (bsz, T)
+    rewards of the micro-batch's responses (verl's `token_level_rewards`, or `rm_scores`).
+    The metric `actor/positive_nll` is the term before its coefficient, aggregated like verl's
+    `actor/pg_loss` (SUM of global shares, or MEAN of micro-batch values), so
+    coeff * actor/positive_nll is what the term added to the logged loss.
+    """
+    policy_loss = getattr(config, "policy_loss", None) if config is not None else None
+    coeff = float(policy_loss.get("positive_nll_coeff", 0.0) or 0.0) if policy_loss is not None else 0.0
+    if coeff == 0.0:
+        return None, {}
+    if token_level_rewards is None:
+        raise ValueError(
+            f"policy_loss.positive_nll_coeff={coeff} needs each response's reward in the actor update "
+            "(`token_level_rewards` or `rm_scores`), which did not reach it. Set "
+            "actor_rollout_ref.actor.policy_loss.positive_nll_coeff=0 for the paper text's objective."
+        )
+    if global_batch_info is None:
+        global_batch_info = _global_batch_info(config)
+    term = positive_nll_loss(
+        log_prob, response_mask, positive_responses(token_level_rewards), loss_agg_mode, global_batch_info
+    )
+    value = term.detach().item()
+    if loss_sum_aggregation(global_batch_info):
+        from verl.utils.metric import AggregationType, Metric
+
+        metric = Metric(AggregationType.SUM, value)
+    else:
+        metric = value
+    return coeff * term, {"actor/positive_nll": metric}
 
 
 def compute_policy_loss_gppo(

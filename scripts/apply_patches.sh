@@ -131,7 +131,7 @@ name="patches/verl-$version (${#patches[@]} patches)"
 # differs, the reverse check fails although the set is in, and the marker still tells.
 marker_file="verl/trainer/ppo/core_algos.py"
 has_marker=0
-grep -q '^POLICY_LOSS_ENTROPY_KWARGS = ' "$marker_file" 2>/dev/null && has_marker=1
+grep -q '^POLICY_LOSS_EXTENSIONS_API = ' "$marker_file" 2>/dev/null && has_marker=1
 
 if [ "$mode" = revert ]; then
     if [ $reverse_ok = 1 ]; then

@@ -258,8 +258,107 @@ def install_if_selected() -> bool:
 
     _register_platform_class()
     after_import("verl.workers.engine.fsdp.transformer_impl", _register_engines_after_import)
+    install_trainer_support()
     return True
 
 
 def _register_engines_after_import(module) -> None:
     register_cpu_platform()
+
+
+# ----------------------------------------------------------------------------------------
+# what verl's Ray trainer (main_ppo) needs besides the platform, only with VERL_PLATFORM=cpu
+# ----------------------------------------------------------------------------------------
+
+
+def _cpu_backend(backend: Optional[str]) -> Optional[str]:
+    """verl builds "cpu:gloo,{device}:{backend}"; on the CPU platform that is "cpu:gloo,cpu:gloo",
+    which torch rejects (a device type listed twice). The CPU platform wants plain "gloo"."""
+    if backend is None:
+        return "gloo"
+    parts = [p.strip() for p in str(backend).split(",") if p.strip()]
+    if parts and all(p.split(":")[0] == "cpu" for p in parts):
+        return "gloo"
+    return backend
+
+
+def _patch_distributed(module) -> None:
+    """verl/utils/distributed.py, initialize_global_process_group{,_ray}: see _cpu_backend."""
+    ray_init = module.initialize_global_process_group_ray
+    if not getattr(ray_init, "_erc_verl_cpu", False):
+
+        def initialize_global_process_group_ray(timeout_second=None, backend=None):
+            if not _cpu_selected():
+                return ray_init(timeout_second=timeout_second, backend=backend)
+            from verl.utils.device import get_device_name, get_nccl_backend
+
+            default = f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"
+            return ray_init(timeout_second=timeout_second, backend=_cpu_backend(backend or default))
+
+        initialize_global_process_group_ray._erc_verl_cpu = True
+        initialize_global_process_group_ray.__wrapped__ = ray_init
+        module.initialize_global_process_group_ray = initialize_global_process_group_ray
+
+    plain_init = module.initialize_global_process_group
+    if not getattr(plain_init, "_erc_verl_cpu", False):
+
+        def initialize_global_process_group(timeout_second=36000):
+            if not _cpu_selected():
+                return plain_init(timeout_second=timeout_second)
+            from datetime import timedelta
+
+            torch.distributed.init_process_group(
+                backend="gloo",
+                timeout=timedelta(seconds=timeout_second),
+                init_method=os.environ.get("DIST_INIT_METHOD", None),
+            )
+            return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+        initialize_global_process_group._erc_verl_cpu = True
+        initialize_global_process_group.__wrapped__ = plain_init
+        module.initialize_global_process_group = initialize_global_process_group
+
+
+def _rebind_distributed(module) -> None:
+    """Modules that did `from verl.utils.distributed import initialize_global_process_group_ray`."""
+    import verl.utils.distributed as dist
+
+    for name in ("initialize_global_process_group_ray", "initialize_global_process_group"):
+        if hasattr(module, name) and getattr(dist, name, None) is not None:
+            setattr(module, name, getattr(dist, name))
+
+
+def _patch_resource_check(module) -> None:
+    """verl/single_controller/ray/base.py, ResourcePoolManager._check_resource_available counts
+    only GPU/NPU resources ("Total available GPUs 0 is less than total desired GPUs 1"); on the
+    CPU platform the pools' bundles hold Ray CPUs, so count those instead."""
+    cls = module.ResourcePoolManager
+    original = cls._check_resource_available
+    if getattr(original, "_erc_verl_cpu", False):
+        return
+
+    def _check_resource_available(self):
+        if not _cpu_selected():
+            return original(self)
+        import ray
+
+        available = sum(node.get("CPU", 0) for node in ray._private.state.available_resources_per_node().values())
+        required = sum(n for nodes in self.resource_pool_spec.values() for n in nodes)
+        if available < required:
+            raise ValueError(
+                f"CPU platform: {available:g} Ray CPUs available, {required} worker slots wanted; "
+                "start Ray with more logical CPUs (ray_kwargs.ray_init.num_cpus)"
+            )
+
+    _check_resource_available._erc_verl_cpu = True
+    cls._check_resource_available = _check_resource_available
+
+
+def install_trainer_support() -> None:
+    """Let verl's Ray trainer (main_ppo) start on the CPU platform. Idempotent, lazy."""
+    from erc_verl.integration.hooks import after_import
+
+    after_import("verl.utils.distributed", _patch_distributed)
+    for name in ("verl.workers.engine_workers", "verl.workers.fsdp_workers"):
+        after_import(name, _rebind_distributed)
+    after_import("verl.single_controller.ray.base", _patch_resource_check)

@@ -4,22 +4,23 @@ Registration goes through verl's own `register_policy_loss`; verl's stock losses
 they are (the monitor for baseline runs lives in the ppo_loss wrapper, verl_0_9_1.py).
 """
 
-from verl.trainer.ppo import core_algos
-
-from .. import losses
-from ..config import ERC_LOSS_MODES
-
-# name -> function; `gppo` is the ungated GPPO baseline.
-LOSS_MODES = {
-    "dapo_erc": losses.compute_policy_loss_dapo_erc,
-    "gppo": losses.compute_policy_loss_gppo,
-    "gppo_erc": losses.compute_policy_loss_gppo_erc,
-}
+from ..modes import ERC_LOSS_MODES
 
 
 def register_loss_modes() -> None:
-    """Register dapo_erc, gppo and gppo_erc with verl. Idempotent."""
-    for name, fn in LOSS_MODES.items():
+    """Register dapo_erc, gppo (the ungated GPPO baseline) and gppo_erc with verl. Idempotent.
+
+    Called once verl.trainer.ppo.core_algos is loaded (the losses import it).
+    """
+    from verl.trainer.ppo import core_algos
+
+    from .. import losses
+
+    for name, fn in (
+        ("dapo_erc", losses.compute_policy_loss_dapo_erc),
+        ("gppo", losses.compute_policy_loss_gppo),
+        ("gppo_erc", losses.compute_policy_loss_gppo_erc),
+    ):
         if core_algos.POLICY_LOSS_REGISTRY.get(name) is not fn:
             core_algos.register_policy_loss(name)(fn)
 

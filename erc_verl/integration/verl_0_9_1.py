@@ -4,7 +4,7 @@ Touch-points, each a wrapper that calls verl's own function (nothing in verl's f
 
 | verl 0.9.1 module                          | wrapped                               | why |
 | ------------------------------------------ | ------------------------------------- | --- |
-| workers/utils/losses.py (+ engine_workers) | ppo_loss                              | feed H_cur/H_old to the ERC losses; monitor metrics for baselines |
+| workers/utils/losses.py (+ engine_workers) | ppo_loss                              | feed H_cur/H_old to the ERC losses; monitor metrics for baselines; positive-sample NLL term |
 | workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_step     | update: ask for the gate entropy when the loss wants it |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.prepare_model_outputs | compute that entropy under no_grad, before the log-prob kernel |
@@ -23,7 +23,6 @@ import sys
 
 import torch
 
-from ..entropy import entropy_from_logits
 from .hooks import after_import
 from .registry import is_erc_mode, loss_wants_entropy, monitor_enabled
 
@@ -94,10 +93,10 @@ def _missing_entropy_error(which: str, config) -> ValueError:
 
 
 def make_ppo_loss(verl_ppo_loss):
-    """ppo_loss that feeds both entropies to an ERC loss and logs the monitor for the others."""
+    """ppo_loss that feeds both entropies to an ERC loss and logs the monitor for the others,
+    then adds the authors' positive-sample NLL term (any loss mode, positive_nll_coeff > 0)."""
 
-    @functools.wraps(verl_ppo_loss)
-    def ppo_loss(config, model_output, data, dp_group=None):
+    def entropy_ppo_loss(config, model_output, data, dp_group):
         policy_loss = config.policy_loss
         if not loss_wants_entropy(policy_loss):
             return verl_ppo_loss(config, model_output, data, dp_group)
@@ -133,8 +132,46 @@ def make_ppo_loss(verl_ppo_loss):
         )
         return loss, metrics
 
+    @functools.wraps(verl_ppo_loss)
+    def ppo_loss(config, model_output, data, dp_group=None):
+        loss, metrics = entropy_ppo_loss(config, model_output, data, dp_group)
+        return add_positive_nll(config, model_output, data, loss, metrics)
+
     setattr(ppo_loss, _INSTALLED, True)
     return ppo_loss
+
+
+# Where the update batch carries each response's reward: verl's `token_level_rewards` (v0
+# trainer; V1 trainer with use_kl_in_reward), else the V1 trainer's `rm_scores` (its
+# token_level_rewards before any KL penalty, as V1's own metrics fall back to). Both reach the
+# worker: V1's update batch holds every field stored for its samples, v0's the whole DataProto.
+REWARD_FIELDS = ("token_level_rewards", "rm_scores")
+
+
+def add_positive_nll(config, model_output, data, loss, metrics):
+    """loss + coeff * erc_verl.losses.positive_nll_loss on the model's own log-probs (never
+    ERC-gated), with actor/positive_nll; unchanged when positive_nll_coeff is 0."""
+    policy_loss = config.policy_loss
+    if not float(policy_loss.get("positive_nll_coeff", 0.0) or 0.0):
+        return loss, metrics
+    from verl.utils.metric import AggregationType, Metric
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    from ..losses import positive_nll_term
+
+    rewards = next(
+        (r for r in (_padded_response_field(data, key) for key in REWARD_FIELDS) if r is not None), None
+    )
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    response_mask = _padded_response_field(data, "response_mask")
+    # ppo_loss has just set config.global_batch_info for this micro-batch.
+    term, extra = positive_nll_term(
+        config, log_prob, response_mask, rewards, config.loss_agg_mode, dict(config.global_batch_info)
+    )
+    metrics.update(
+        {k: v if isinstance(v, Metric) else Metric(value=v, aggregation=AggregationType.MEAN) for k, v in extra.items()}
+    )
+    return loss + term.to(loss.dtype), metrics
 
 
 def _actor_config(loss_function):
@@ -188,6 +225,8 @@ def _full_logits(logits):
 def _gate_entropy(engine, output, output_args, micro_batch):
     """erc_verl's entropy of softmax(logits / T), laid out like verl lays out its log-probs."""
     from verl.utils import tensordict_utils as tu
+
+    from ..entropy import entropy_from_logits
 
     input_ids = micro_batch["input_ids"]
     cu_seqlens = input_ids.offsets()
@@ -331,7 +370,22 @@ PATCHES = (
 )
 
 
+def _unless_patched(patch):
+    @functools.wraps(patch)
+    def guarded(module) -> None:
+        from .version import tree_is_patched
+
+        # A tree carrying patches/ feeds the entropies in source; wrapping it too would do it twice.
+        if not tree_is_patched():
+            patch(module)
+
+    return guarded
+
+
 def install() -> None:
     """Patch each verl module now if imported, else right after its import. Idempotent."""
     for name, patch in PATCHES:
-        after_import(name, patch)
+        after_import(name, _GUARDED.setdefault(name, _unless_patched(patch)))
+
+
+_GUARDED: dict = {}

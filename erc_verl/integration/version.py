@@ -36,6 +36,6 @@ def tree_is_patched() -> bool:
     """True when the installed verl carries patches/ (it then feeds entropies itself)."""
     from verl.trainer.ppo import core_algos
 
-    # patches/ define this marker in core_algos; such a tree passes entropy and old_entropy to
-    # policy-loss functions itself, and the runtime plumbing stays out of the way.
-    return getattr(core_algos, "POLICY_LOSS_ENTROPY_KWARGS", None) is not None
+    # patches/ define this marker in core_algos; such a tree calls the policy-loss extension that
+    # erc_verl registers (integration/patched_tree.py), and the runtime plumbing stays out of the way.
+    return getattr(core_algos, "POLICY_LOSS_EXTENSIONS_API", None) is not None

@@ -10,8 +10,13 @@ before any GPU work, and stops at the first key that would fail there:
   4. verl's config dataclasses built with `omega_conf_to_dataclass`, node by node (actor, which
      instantiates the policy_loss `_target_` and so runs ERCPolicyLossConfig validation; rollout;
      model keys; ref/critic when enabled; algorithm; distillation) and the reward manager class;
-  5. verl's own `validate_config` (what main_ppo runs before Ray starts);
-  6. the reward function loads the way verl loads it, and the DAPO filter metric is one of its keys.
+  5. what verl rejects later, on the cluster, checked here with the same rules (see
+     `check_cluster`): value types against verl's defaults, the world size against Ulysses and
+     rollout tensor parallelism, the PPO mini-batch against the data-parallel size, the dynamic
+     batch token budget against the longest sequence, the v0 trainer with dynamic sampling, and
+     whether a model path given on the command line exists;
+  6. verl's own `validate_config` (what main_ppo runs before Ray starts);
+  7. the reward function loads the way verl loads it, and the DAPO filter metric is one of its keys.
 A recipe that passes has not been trained: it composes and builds, nothing more.
 """
 
@@ -22,14 +27,18 @@ import contextlib
 import io
 import os
 import re
-import sys
 import warnings
 from pathlib import Path
+
+from .errors import UserError
+
+# The value every check substitutes for MODEL_PATH (not a path anyone has).
+PLACEHOLDER_MODEL = "/placeholder/model"
 
 # Placeholders for the values a user supplies (the launcher passes the real ones the same way,
 # as explicit overrides). Paper hardware: 8 nodes x 8 GPUs.
 PLACEHOLDER_OVERRIDES = (
-    "actor_rollout_ref.model.path=/placeholder/model",
+    f"actor_rollout_ref.model.path={PLACEHOLDER_MODEL}",
     "data.train_files=/placeholder/data/klear_mathsub_30k.parquet",
     "data.val_files=[/placeholder/data/aime2024.parquet,/placeholder/data/aime2025.parquet]",
     "trainer.nnodes=8",
@@ -185,6 +194,7 @@ def _check_model_keys(cfg, model_path: str | None):
 
     path = "actor_rollout_ref.model"
     if model_path:
+        check_model_path(model_path, "--model-path")
         OmegaConf.update(cfg, f"{path}.path", model_path)
         return _build(cfg, path)
     node = OmegaConf.to_container(OmegaConf.select(cfg, path), resolve=True)
@@ -196,8 +206,185 @@ def _check_model_keys(cfg, model_path: str | None):
     return None
 
 
+# --- what verl rejects later, on the cluster --------------------------------------------------
+
+
+def _verl_defaults():
+    """verl 0.9.1's own ppo_trainer config, resolved (the types its code expects), cached."""
+    global _VERL_DEFAULTS
+    if _VERL_DEFAULTS is None:
+        from hydra import compose, initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import OmegaConf
+
+        GlobalHydra.instance().clear()
+        with initialize_config_module("verl.trainer.config", version_base=None):
+            base = compose("ppo_trainer")
+        _VERL_DEFAULTS = OmegaConf.to_container(base, resolve=False)
+    return _VERL_DEFAULTS
+
+
+_VERL_DEFAULTS = None
+
+
+def _type_problems(values, defaults, prefix=""):
+    """(key, message) for values whose verl default is a number or a bool and that are not one.
+
+    verl's trainer reads keys such as trainer.total_epochs or trainer.nnodes straight from the
+    DictConfig (no dataclass checks their type), so `trainer.total_epochs=abc` composes and only
+    fails in the driver after Ray has started. A numeric default wants a number, a bool default
+    a bool; keys whose default is null, a string or an interpolation take anything.
+    """
+    if not isinstance(values, dict) or not isinstance(defaults, dict):
+        return
+    for key, default in defaults.items():
+        if key not in values:
+            continue
+        value, full = values[key], f"{prefix}{key}"
+        if isinstance(default, dict):
+            yield from _type_problems(value, default, full + ".")
+            continue
+        if isinstance(default, str) and default.startswith("${"):
+            continue  # an interpolation: its type is the type of what it points at
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int | float):
+            # verl writes some float settings with integer defaults (rollout.top_p: 1), so any
+            # number passes; a string, a list or a bool does not.
+            ok, want = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            yield full, f"{value!r} is not {want} (verl's default: {default!r}); fix: -o {full}=<{want}>"
+
+
+def _positive_int(cfg, key):
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RecipeError(key, f"{value!r} must be a positive integer")
+    return value
+
+
+def _looks_local(path: str) -> bool:
+    """A filesystem path rather than a Hugging Face Hub id (org/name) or a remote URL."""
+    if "://" in path:
+        return False
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") != 1 or Path(path).exists()
+
+
+def check_model_path(path: str, key: str = "actor_rollout_ref.model.path") -> None:
+    """A local model folder must exist and hold a config.json (what HFModelConfig loads)."""
+    if not _looks_local(path):
+        return  # a Hub id: resolved by verl on the cluster (needs the Hub there), not checked here
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise RecipeError(key, f"no such model folder: {path}; fix: pass the folder holding config.json and the tokenizer")
+    if not (folder / "config.json").is_file():
+        raise RecipeError(key, f"{path} has no config.json; fix: pass the Hugging Face model folder itself")
+
+
+def check_cluster(cfg, use_ref: bool) -> None:
+    """What verl 0.9.1 rejects only after Ray has started, with verl's own rules.
+
+    - world size = trainer.nnodes * trainer.n_gpus_per_node (validate_config's n_gpus);
+    - the FSDP engine builds a (dp, sp) device mesh, so the Ulysses size must divide the world
+      size (engine/fsdp/transformer_impl.py _init_device_mesh; the actor-level and the
+      fsdp_config key are both read);
+    - the hybrid rollout builds a (dp, tp * dp_rollout, pp) mesh over the same workers:
+      rollout TP x DP x PP must divide the world size (engine_workers.py init_model) and be at
+      most it (llm_server.py: world // rollout world replicas);
+    - each PPO mini-batch (ppo_mini_batch_size * rollout.n samples) is split evenly over the
+      data-parallel ranks, dp = world / Ulysses (engine_workers.py train_mini_batch asserts it);
+    - with use_dynamic_bsz a micro-batch holds max_token_len_per_gpu * Ulysses tokens and must
+      fit the longest sequence, max_prompt_length + max_response_length
+      (utils/seqlen_balancing.py rearrange_micro_batches asserts it), for the update and for the
+      log-prob passes;
+    - trainer.use_v1=false with dynamic sampling runs another experiment (the v0 trainer has no
+      filter_groups); the trainer refuses it too (erc_verl.integration.verl_0_9_1).
+    """
+    from omegaconf import OmegaConf
+
+    def get(key, default=None):
+        return OmegaConf.select(cfg, key, default=default)
+
+    if not get("trainer.use_v1", True):
+        from erc_verl.integration.verl_0_9_1 import v0_trainer_problem
+
+        problem = v0_trainer_problem(cfg)
+        if problem:
+            raise RecipeError("trainer.use_v1", problem)
+
+    nnodes = _positive_int(cfg, "trainer.nnodes")
+    per_node = _positive_int(cfg, "trainer.n_gpus_per_node")
+    world = nnodes * per_node
+    where = f"the world size trainer.nnodes * trainer.n_gpus_per_node = {nnodes} * {per_node} = {world}"
+
+    roles = [("actor", "actor_rollout_ref.actor")] + ([("ref", "actor_rollout_ref.ref")] if use_ref else [])
+    sp = 1
+    for role, node in roles:
+        for key in (f"{node}.ulysses_sequence_parallel_size", f"{node}.fsdp_config.ulysses_sequence_parallel_size"):
+            value = get(key)
+            if value is None:
+                continue
+            if not isinstance(value, int) or value < 1:
+                raise RecipeError(key, f"{value!r} must be a positive integer")
+            if world % value:
+                raise RecipeError(
+                    key,
+                    f"Ulysses size {value} does not divide {where}; fix: a divisor of {world} "
+                    "(set it and the other ulysses_sequence_parallel_size key alike), or more GPUs",
+                )
+            if role == "actor":
+                sp = max(sp, value)
+
+    rollout = "actor_rollout_ref.rollout"
+    tp = get(f"{rollout}.tensor_model_parallel_size", 1)
+    rdp = get(f"{rollout}.data_parallel_size", 1)
+    pp = get(f"{rollout}.pipeline_model_parallel_size", 1)
+    replica = tp * rdp * pp
+    if replica > world or world % replica:
+        raise RecipeError(
+            f"{rollout}.tensor_model_parallel_size",
+            f"one rollout replica needs TP {tp} x DP {rdp} x PP {pp} = {replica} GPUs, which does not divide {where}; "
+            f"fix: a tensor_model_parallel_size that divides {world}",
+        )
+
+    dp = world // sp
+    n = get(f"{rollout}.n", 1)
+    mini = get("actor_rollout_ref.actor.ppo_mini_batch_size")
+    if isinstance(mini, int) and isinstance(n, int) and (mini * n) % dp:
+        raise RecipeError(
+            "actor_rollout_ref.actor.ppo_mini_batch_size",
+            f"a mini-batch of {mini} prompts x rollout.n {n} = {mini * n} responses cannot be split evenly over "
+            f"{dp} data-parallel ranks (world {world} / Ulysses {sp}); fix: GPU counts or sizes with "
+            f"{mini * n} % (world / Ulysses) == 0",
+        )
+
+    longest = (get("data.max_prompt_length") or 0) + (get("data.max_response_length") or 0)
+    budgets = [("actor_rollout_ref.actor.use_dynamic_bsz", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu")]
+    budgets.append((f"{rollout}.log_prob_use_dynamic_bsz", f"{rollout}.log_prob_max_token_len_per_gpu"))
+    if use_ref:
+        budgets.append(("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu"))
+    for flag, key in budgets:
+        budget = get(key)
+        if get(flag, False) and isinstance(budget, int) and budget * sp < longest:
+            need = -(-longest // sp)
+            raise RecipeError(
+                key,
+                f"{budget} tokens x Ulysses {sp} = {budget * sp} per micro-batch is less than the longest sequence "
+                f"(max_prompt_length + max_response_length = {longest}); verl would stop at the first full-length "
+                f"response; fix: -o {key}={need} or more",
+            )
+
+    model_path = get("actor_rollout_ref.model.path")
+    if isinstance(model_path, str) and model_path != PLACEHOLDER_MODEL:
+        check_model_path(model_path)
+
+
 def check_config(cfg, model_path: str | None = None) -> dict:
-    """Run checks 2-6 on a composed config; raise RecipeError on the first failure.
+    """Run checks 2-7 on a composed config; raise RecipeError on the first failure.
 
     Returns a summary of what the run will do (for the OK line).
     """
@@ -214,6 +401,10 @@ def check_config(cfg, model_path: str | None = None) -> dict:
         if gate is not None and not OmegaConf.select(cfg, gate, default=False):
             continue
         raise RecipeError(key, "mandatory value (???) not set")
+    # value types, against verl's own defaults (trainer.total_epochs=abc composes fine)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    for key, message in _type_problems(resolved, _verl_defaults()):
+        raise RecipeError(key, message)
 
     # 3. the plugin and its loss modes (import erc_verl registers them, as in every verl process)
     import erc_verl
@@ -256,7 +447,10 @@ def check_config(cfg, model_path: str | None = None) -> dict:
     except Exception as exc:
         raise RecipeError(offending_key(exc, "reward.reward_manager", cfg), _message(exc)) from exc
 
-    # 5. what main_ppo validates before starting Ray
+    # 5. what verl rejects later, on the cluster
+    check_cluster(cfg, use_ref)
+
+    # 6. what main_ppo validates before starting Ray
     from verl.utils.config import validate_config
 
     try:
@@ -266,7 +460,7 @@ def check_config(cfg, model_path: str | None = None) -> dict:
     except Exception as exc:
         raise RecipeError(offending_key(exc, "", cfg), _message(exc)) from exc
 
-    # 6. the reward function, loaded the way verl loads it, and the DAPO filter metric
+    # 7. the reward function, loaded the way verl loads it, and the DAPO filter metric
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     try:
@@ -330,16 +524,25 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra Hydra override applied to every recipe (repeatable)",
     )
     parser.add_argument(
-        "--model-path", default=None, help="a real model folder: also build HFModelConfig (loads its tokenizer)"
+        "--model-path",
+        default=None,
+        help="a local model folder (with config.json): also build HFModelConfig, which loads its tokenizer",
     )
 
 
 def check_main(args) -> int:
+    if args.recipes_dir is not None and not args.recipes_dir.is_dir():
+        raise UserError(f"--recipes-dir {args.recipes_dir}: no such folder; fix: the recipes/ folder of an erc-verl checkout")
     recipes_dir = args.recipes_dir or default_recipes_dir()
     names = args.recipes or (list_recipes(recipes_dir) if recipes_dir else [])
     if not names:
-        print("erc-verl check: no recipes found (pass names or --recipes-dir)", file=sys.stderr)
-        return 2
+        where = f"no *.yaml recipe in {recipes_dir}" if recipes_dir else "no recipes/ folder found"
+        raise UserError(f"{where}; fix: pass recipe names or yaml paths, or --recipes-dir DIR")
+    if args.model_path:
+        try:
+            check_model_path(args.model_path, "--model-path")
+        except RecipeError as exc:
+            raise UserError(exc.message) from exc
     failed = 0
     for arg in names:
         try:

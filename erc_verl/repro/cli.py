@@ -1,8 +1,15 @@
-"""`erc-verl` command line: thin dispatch to the modules that do the work."""
+"""`erc-verl` command line: thin dispatch to the modules that do the work.
+
+A command signals a user's mistake by raising `erc_verl.repro.errors.UserError`; it is printed
+here as one line and the exit status is 2. Every other exception is a bug and keeps its
+traceback.
+"""
 
 import argparse
 import importlib
 import sys
+
+from .errors import UserError
 
 # subcommand -> (module, one-line help). Each module defines add_arguments(parser) and main(args).
 SUBCOMMANDS = {
@@ -29,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     run = getattr(args._module, f"{args._name.replace('-', '_')}_main", None) or args._module.main
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except UserError as exc:
+        print(f"erc-verl {args._name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"erc-verl {args._name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`erc-verl prepare-data`: verl RL parquet files for the paper's training and evaluation sets.
 
-Every output row has verl's RL layout (the layout of ../shared/data/aime*.jsonl):
+Every output row has verl's RL layout (the layout of the packaged assets/data/aime*.jsonl):
     data_source   the set's own name (aime2024, math500, ...), so verl reports each benchmark
                   separately under val-core/<data_source>/acc/mean@N
     prompt        [{"role": "user", "content": <raw question>}]  (the paper: no system prompt,
@@ -12,6 +12,11 @@ Every output row has verl's RL layout (the layout of ../shared/data/aime*.jsonl)
 Sources: a Hugging Face data set (through `datasets.load_dataset`) or a local file/folder
 (.jsonl, .json, .parquet) given with `--file SET=PATH`. AIME24/AIME25 ship with the package.
 Rows that cannot be converted are counted per reason and reported; `--strict` makes any an error.
+
+All sets are read and converted before anything is written, and written to temporary files
+that are renamed into place only once every set is done: a run that fails writes nothing.
+Sets that need the Hub are refused at once, before any download, when the Hub is unreachable
+or switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), naming `--file` and the packaged sets.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
+import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import UserError
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "data"
 
@@ -57,7 +66,7 @@ class SourceSpec:
 SOURCES: dict[str, SourceSpec] = {
     spec.name: spec
     for spec in (
-        # erc-spec.md section 5 training set. The Hub id moved from Suu/ to Kwai-Klear/ (the
+        # The paper's training set (docs/algorithm.md, "The paper's runs"). The Hub id moved from Suu/ to Kwai-Klear/ (the
         # old one redirects); its rows are already in verl's layout (one user turn).
         SourceSpec("klear_mathsub_30k", "train", "Kwai-Klear/KlearReasoner-MathSub-30K", "train", None,
                    ("prompt", "problem", "question"), ("ground_truth", "answer")),
@@ -77,8 +86,8 @@ SOURCES: dict[str, SourceSpec] = {
 DEFAULT_SETS = tuple(SOURCES)
 
 
-class DataFormatError(ValueError):
-    """A source whose rows do not have the expected fields at all."""
+class DataFormatError(UserError, ValueError):
+    """A source that cannot be read or whose rows do not have the expected fields at all."""
 
 
 class Malformed(Exception):
@@ -140,10 +149,12 @@ def _first_field(row: dict, fields: tuple[str, ...]):
 
 def check_fields(spec: SourceSpec, rows: list[dict], origin: str) -> None:
     """Fail with the expected field names when no row has them (a wrong file, not bad rows)."""
+    if not rows:
+        raise DataFormatError(f"{spec.name}: {origin} has no rows (empty file?); fix: pass a file with data")
     for row in rows[:50]:
         if _first_field(row, spec.question_fields)[0] and _first_field(row, spec.answer_fields)[0]:
             return
-    seen = sorted({k for row in rows[:50] for k in row}) if rows else []
+    seen = sorted({k for row in rows[:50] if isinstance(row, dict) for k in row})
     raise DataFormatError(
         f"{spec.name}: rows of {origin} have fields {seen or '(no rows)'}; expected a question in one of "
         f"{list(spec.question_fields)} and an answer in one of {list(spec.answer_fields)} "
@@ -188,10 +199,21 @@ def convert_row(spec: SourceSpec, row: dict, index: int, origin: str) -> dict:
 
 
 def _read_json_file(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); fix: pass a .jsonl/.json file") from None
     stripped = text.lstrip()
     if path.suffix == ".json" and stripped.startswith("["):
-        return json.loads(text)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(
+                f"{path}: broken JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); fix the file or re-download it"
+            ) from None
+        if not isinstance(rows, list):
+            raise DataFormatError(f"{path}: expected a JSON list of rows")
+        return rows
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -211,21 +233,64 @@ def read_local(path: Path) -> list[dict]:
             raise DataFormatError(f"{path}: no .jsonl, .json or .parquet file in this folder")
         return [row for f in files for row in read_local(f)]
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise DataFormatError(f"no such file or folder: {path}; fix: the path given with --file SET=PATH")
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict(orient="records")
+        try:
+            return pd.read_parquet(path).to_dict(orient="records")
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataFormatError(f"{path}: not a readable parquet file ({first}); fix the file or re-download it") from None
     if path.suffix in (".jsonl", ".json"):
         return _read_json_file(path)
     raise DataFormatError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
 
 
+def _offline_hint(names) -> str:
+    packaged = ", ".join(n for n, spec in SOURCES.items() if spec.asset)
+    files = " ".join(f"--file {n}=PATH" for n in names)
+    return f"fix: {files} (a local .jsonl/.json/.parquet file or folder), or --sets with the packaged sets only ({packaged})"
+
+
+def hub_unavailable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be used right now, or None. Takes at most `timeout` s."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"cannot reach {host}:{port} ({exc.strerror or type(exc).__name__})"
+
+
+def require_hub(names) -> None:
+    """Fail at once, before anything is read or written, when sets need an unreachable Hub."""
+    if not names:
+        return
+    reason = hub_unavailable()
+    if reason:
+        raise UserError(f"the Hugging Face Hub is needed for {', '.join(names)} but {reason}; {_offline_hint(names)}")
+
+
 def read_hub(spec: SourceSpec) -> list[dict]:
     """Rows from the Hugging Face Hub (needs network; never used by the tests)."""
-    from datasets import load_dataset
+    try:
+        from datasets import load_dataset
 
-    return [dict(row) for row in load_dataset(spec.hub_id, split=spec.hub_split)]
+        return [dict(row) for row in load_dataset(spec.hub_id, split=spec.hub_split)]
+    except ImportError as exc:
+        raise UserError(f"{spec.name}: reading the Hub needs the `datasets` package ({exc}); {_offline_hint([spec.name])}") from None
+    except Exception as exc:  # network, authentication, a moved data set: one line, not a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{spec.name}: could not load {spec.hub_id} from the Hub ({type(exc).__name__}: {first}); "
+            f"{_offline_hint([spec.name])}"
+        ) from None
 
 
 def load_rows(spec: SourceSpec, local: Path | None) -> tuple[list[dict], str]:
@@ -234,7 +299,7 @@ def load_rows(spec: SourceSpec, local: Path | None) -> tuple[list[dict], str]:
     if spec.asset is not None:
         return read_local(ASSETS / spec.asset), f"erc_verl/repro/assets/data/{spec.asset}"
     if spec.hub_id is None:
-        raise DataFormatError(f"{spec.name}: no source; pass --file {spec.name}=PATH")
+        raise DataFormatError(f"{spec.name}: no source; fix: --file {spec.name}=PATH")
     return read_hub(spec), f"hf://{spec.hub_id}"
 
 
@@ -262,25 +327,60 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     pd.DataFrame(rows).to_parquet(path, index=False)
 
 
+def _write_all(converted: dict[str, list[dict]], out_dir: Path) -> dict[str, Path]:
+    """Write every set to a temporary file, then rename them all into place; nothing half-written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {out_dir} ({exc.strerror}); fix: --out DIR") from None
+    temps: dict[str, Path] = {}
+    try:
+        for name, rows in converted.items():
+            temps[name] = out_dir / f".{name}.parquet.tmp-{os.getpid()}"
+            write_parquet(rows, temps[name])
+    except OSError as exc:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write to {out_dir} ({exc.strerror}); nothing written; fix: --out DIR with free space") from None
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    paths = {}
+    for name, tmp in temps.items():
+        paths[name] = out_dir / f"{name}.parquet"
+        os.replace(tmp, paths[name])  # same folder: atomic, and cannot fail for space
+    return paths
+
+
 def prepare(sets, out_dir: Path, files: dict[str, Path], strict: bool = False, log=print) -> dict[str, dict]:
-    """Convert and write each set; returns {set: {"path", "rows", "malformed": Counter}}."""
-    results = {}
+    """Read and convert every set, then write them all; returns {set: {"path", "rows", "malformed"}}.
+
+    Any error (a missing or broken file, an unreachable Hub, --strict with a malformed row)
+    is raised before the first file is written.
+    """
+    require_hub([n for n in sets if files.get(n) is None and SOURCES[n].asset is None and SOURCES[n].hub_id])
+    converted, reports = {}, {}
     for name in sets:
         spec = SOURCES[name]
         rows, origin = load_rows(spec, files.get(name))
-        converted, problems = convert(spec, rows, origin)
+        out, problems = convert(spec, rows, origin)
         bad = sum(problems.values())
         if strict and bad:
             details = "; ".join(f"{reason}: {n}" for reason, n in problems.most_common())
             raise DataFormatError(f"{name}: {bad} malformed row(s) in {origin} ({details}); nothing written")
-        if not converted:
-            raise DataFormatError(f"{name}: no usable row in {origin}")
-        path = out_dir / f"{name}.parquet"
-        write_parquet(converted, path)
-        log(f"{name}: {len(converted)} rows -> {path}  (from {origin}; {bad} malformed)")
+        if not out:
+            details = "; ".join(f"{reason}: {n}" for reason, n in problems.most_common())
+            raise DataFormatError(f"{name}: no usable row in {origin} ({details}); nothing written")
+        converted[name], reports[name] = out, (origin, problems)
+    paths = _write_all(converted, out_dir)
+    results = {}
+    for name, path in paths.items():
+        origin, problems = reports[name]
+        log(f"{name}: {len(converted[name])} rows -> {path}  (from {origin}; {sum(problems.values())} malformed)")
         for reason, n in problems.most_common():
             log(f"  skipped {n} row(s): {reason}")
-        results[name] = {"path": path, "rows": len(converted), "malformed": problems}
+        results[name] = {"path": path, "rows": len(converted[name]), "malformed": problems}
     return results
 
 
@@ -313,13 +413,10 @@ def prepare_data_main(args) -> int:
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SOURCES]
     if unknown:
-        print(f"prepare-data: unknown set(s) {unknown}; known: {', '.join(SOURCES)}", file=sys.stderr)
-        return 2
-    try:
-        results = prepare(sets, args.out, dict(args.file), strict=args.strict)
-    except (DataFormatError, FileNotFoundError) as exc:
-        print(f"prepare-data: error: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(f"unknown set(s) {', '.join(unknown)}; fix: --sets with some of {','.join(SOURCES)}")
+    if not sets:
+        raise UserError(f"--sets is empty; fix: --sets with some of {','.join(SOURCES)}")
+    results = prepare(sets, args.out, dict(args.file), strict=args.strict)
     evals = [str(r["path"]) for name, r in results.items() if SOURCES[name].split == "test"]
     if evals:
         print(f"VAL_FILES={','.join(evals)}")

@@ -7,6 +7,11 @@ opens the file with "wb", so a resumed run starts a new file: scripts/launch.sh 
 launch its own metrics-<time>.jsonl, and here all files of a run are merged, later ones winning
 for the same step.
 
+Also read: flat rows `{"step": N, "run": NAME, metric: value, ...}`, the layout of
+`erc-verl demo`'s metrics.jsonl, one run per distinct `run` value. Lines that are neither are
+counted and reported once per file; input with no readable record at all is an error that
+says what was expected.
+
 Validation metrics of the V1 trainer (trainer_base._val_metrics_update) are named
 `val-core/<data_source>/<var>/mean@<n>`, where n is the number of samples per problem (32 in the
 paper's runs: avg@32) and var is `acc` when the reward returns it (erc_verl.repro.reward does).
@@ -19,8 +24,11 @@ import json
 import math
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import UserError
 
 VAL_KEY = re.compile(r"^val-core/(?P<source>.+)/(?P<var>[^/]+)/mean@(?P<n>\d+)$")
 
@@ -31,7 +39,7 @@ TRAIN_CURVES = (
     ("actor/grad_norm", "gradient norm"),
 )
 
-# Averages published for the paper's runs (erc-spec.md section 5, from secondary summaries;
+# Averages published for the paper's runs (docs/algorithm.md, "The paper's runs"; from secondary summaries;
 # average over the paper's benchmark set, per-benchmark cells not available).
 PAPER_AVERAGES = {
     ("1.5B", "dapo"): 53.4,
@@ -95,18 +103,65 @@ def _scalar(value):
     return value
 
 
-def read_log_file(path: Path, steps: dict[int, dict[str, float]]) -> None:
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+EXPECTED = (
+    'verl file-logger lines {"step": N, "data": {metric: value}} (trainer.logger includes "file"), '
+    'or erc-verl demo rows {"step": N, "run": NAME, metric: value}'
+)
+
+
+def _parse_record(line: str) -> tuple[str | None, int, dict]:
+    """(run or None, step, metrics) of one line; raises ValueError/KeyError/TypeError if neither layout."""
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    step = record["step"]
+    if isinstance(step, bool) or not isinstance(step, int | float) or int(step) != step:
+        raise TypeError("step is not an integer")
+    if isinstance(record.get("data"), dict):  # verl's FileLogger
+        return None, int(step), record["data"]
+    metrics = {k: v for k, v in record.items() if k not in ("step", "run") and _finite(_scalar(v))}
+    if "/" not in "".join(metrics):  # flat rows carry verl metric names (actor/..., critic/...)
+        raise KeyError("data")
+    run = record.get("run")
+    return (str(run) if run is not None else None), int(step), metrics
+
+
+def read_log_file(path: Path, steps: dict[int, dict[str, float]], by_run: dict[str, dict] | None = None, warnings=None) -> int:
+    """Merge the records of one file into `steps` (or `by_run` for rows naming a run).
+
+    Returns the number of records read. Unreadable lines (a partial last line of a killed run,
+    or a file that is not a metrics log) are counted: one warning per file, appended to
+    `warnings` when given, else printed.
+    """
+    def warn(message):
+        if warnings is None:
+            print(message, file=sys.stderr)
+        else:
+            warnings.append(message)
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        warn(f"warning: {path}: skipped, not readable as text ({type(exc).__name__})")
+        return 0
+    read, bad, first_bad = 0, Counter(), None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            step, data = int(record["step"]), record["data"]
+            run, step, data = _parse_record(line)
         except (ValueError, KeyError, TypeError) as exc:
-            # A run killed mid-write leaves a partial last line: say so, keep the rest.
-            print(f"warning: {path}:{lineno}: skipped unreadable line ({type(exc).__name__})", file=sys.stderr)
+            bad[type(exc).__name__] += 1
+            first_bad = first_bad or lineno
             continue
-        steps.setdefault(step, {}).update({k: _scalar(v) for k, v in data.items()})
+        target = steps if run is None or by_run is None else by_run.setdefault(run, {})
+        target.setdefault(step, {}).update({k: _scalar(v) for k, v in data.items()})
+        read += 1
+    if bad:
+        n = sum(bad.values())
+        what = "not a metrics log" if not read else f"line {first_bad} first"
+        warn(f"warning: {path}: skipped {n} unreadable line(s) ({what}; {', '.join(bad)})")
+    return read
 
 
 def run_name(path: Path) -> str:
@@ -122,21 +177,39 @@ def run_name(path: Path) -> str:
     return "/".join([folder.name or str(folder), *parts])
 
 
-def load_run(path: str | Path) -> Run:
-    """A run from a log file, or from every *.jsonl under a folder (merged in name order)."""
+def load_runs(path: str | Path) -> list[Run]:
+    """The runs of a log file, or of every *.jsonl under a folder (merged in name order).
+
+    A verl file log is one run; demo rows naming a `run` give one run each. Raises UserError
+    when the path holds no readable record.
+    """
     path = Path(path)
     if path.is_dir():
         files = sorted(path.rglob("*.jsonl"), key=lambda p: (p.name, str(p)))
         if not files:
-            raise FileNotFoundError(f"{path}: no *.jsonl file logs found")
+            raise UserError(f"{path}: no *.jsonl file in this folder; expected {EXPECTED}")
     elif path.is_file():
         files = [path]
     else:
-        raise FileNotFoundError(f"no such log file or folder: {path}")
+        raise UserError(f"no such log file or folder: {path}")
     run = Run(run_name(path))
-    for f in files:
-        read_log_file(f, run.steps)
-    return run
+    by_run: dict[str, dict] = {}
+    warnings: list[str] = []
+    records = sum(read_log_file(f, run.steps, by_run, warnings) for f in files)
+    if not records:
+        raise UserError(f"{path}: no metrics record in {len(files)} .jsonl file(s); expected {EXPECTED}")
+    for message in warnings:  # some files or lines unreadable beside real records: say so
+        print(message, file=sys.stderr)
+    runs = [run] if run.steps else []
+    return runs + [Run(name, steps) for name, steps in by_run.items()]
+
+
+def load_run(path: str | Path) -> Run:
+    """The single run of a log file or folder (see load_runs)."""
+    runs = load_runs(path)
+    if len(runs) != 1:
+        raise UserError(f"{path}: holds {len(runs)} runs ({', '.join(r.name for r in runs)}), expected one")
+    return runs[0]
 
 
 def _avg(scores: dict[str, float], benchmarks: list[str]) -> float | None:
@@ -153,9 +226,15 @@ def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None =
     """Markdown table: per run the best and the final validation step, avg@n per benchmark and average."""
     per_run = {id(r): r.val_scores(var) for r in runs}
     found = sorted({b for scores in per_run.values() for step in scores.values() for b in step})
-    columns = [b for b in benchmarks if b in found] if benchmarks else found
-    if not columns:
-        raise ValueError(f"no validation metrics (val-core/<data_source>/{var}/mean@N) in the given logs")
+    if not found:
+        raise UserError(
+            f"no validation metrics (val-core/<data_source>/{var}/mean@N) in {', '.join(r.name for r in runs)}; "
+            "fix: logs of a run with trainer.test_freq > 0 (and --var naming a logged variable)"
+        )
+    unknown = [b for b in benchmarks or () if b not in found]
+    if unknown:
+        raise UserError(f"--benchmarks {', '.join(unknown)}: not in the logs; fix: some of {','.join(found)}")
+    columns = list(benchmarks) if benchmarks else found
     n_samples = sorted(
         {int(m.group("n")) for r in runs for s in r.steps.values() for k in s if (m := VAL_KEY.match(k))}
     )
@@ -194,7 +273,16 @@ def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None =
 
 def plot_runs(runs: list[Run], out: Path, var: str = "acc") -> Path:
     """One PNG: entropy, ERC keep fraction, gradient norm and validation average against step."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plotting needs matplotlib; fix: pip install 'erc-verl[plots]'") from None
+    keys = [key for key, _ in TRAIN_CURVES]
+    if not any(run.series(key)[0] for run in runs for key in keys) and not any(run.val_scores(var) for run in runs):
+        raise UserError(
+            f"none of {', '.join(keys)} or val-core/<data_source>/{var}/mean@N is logged in "
+            f"{', '.join(r.name for r in runs)}; nothing to plot"
+        )
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -252,30 +340,20 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
 
-def _load_all(paths) -> list[Run] | None:
-    try:
-        return [load_run(p) for p in paths]
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+def _load_all(paths) -> list[Run]:
+    return [run for p in paths for run in load_runs(p)]
 
 
 def table_main(args) -> int:
     runs = _load_all(args.runs)
-    if runs is None:
-        return 1
-    benchmarks = [b.strip() for b in args.benchmarks.split(",")] if args.benchmarks else None
-    try:
-        print(make_table(runs, args.var, benchmarks))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()] if args.benchmarks else None
+    print(make_table(runs, args.var, benchmarks))
     return 0
 
 
 def plot_main(args) -> int:
+    if args.out.suffix.lower() != ".png":
+        raise UserError(f"--out {args.out}: expected a .png file name")
     runs = _load_all(args.runs)
-    if runs is None:
-        return 1
     print(f"wrote {plot_runs(runs, args.out, args.var)}")
     return 0

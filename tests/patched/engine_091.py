@@ -39,7 +39,21 @@ CASES = {
         {"lr": 1e-2, "ppo_mini_batch_size": 2},
     ),
     "vanilla": ("base", {"loss_mode": "vanilla"}, {"lr": 1e-3, "ppo_mini_batch_size": 4}),
+    # the authors' positive-sample NLL term, on a baseline and under ERC's gate
+    "vanilla_positive_nll": (
+        "peaked",
+        {"loss_mode": "vanilla", "positive_nll_coeff": 0.1},
+        {"lr": 1e-2, "ppo_mini_batch_size": 4},
+    ),
+    "dapo_erc_positive_nll": (
+        "peaked",
+        {"loss_mode": "dapo_erc", "positive_nll_coeff": 0.1},
+        {"lr": 1e-2, "ppo_mini_batch_size": 2},
+    ),
 }
+# Responses 0, 3, 4 and 5 are correct (summed reward 1.0); the V1 trainer's update batch carries the
+# rewards as `rm_scores` (score on the last response token).
+CORRECT = (0, 3, 4, 5)
 # Host-dependent numbers, not results.
 VOLATILE = ("perf/", "timing", "mfu")
 
@@ -55,7 +69,7 @@ def patched_trainer_flags(cfg, batch) -> dict:
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
     from verl.utils import tensordict_utils as tu
 
-    keys = ("calculate_entropy", "entropy_requires_grad")
+    keys = ("calculate_entropy", "policy_loss_entropy")
     seen = {}
 
     class V1WorkerGroup:
@@ -75,6 +89,14 @@ def patched_trainer_flags(cfg, batch) -> dict:
     if seen["v0"] != seen["v1"]:
         raise AssertionError(f"patched trainers disagree: {seen}")
     return seen["v1"]
+
+
+def rm_scores(batch):
+    mask = batch["response_mask"]
+    scores = torch.zeros(mask.shape, dtype=torch.float32)
+    for i, length in enumerate(mask.sum(dim=1).tolist()):
+        scores[i, int(length) - 1] = 1.0 if i in CORRECT else -1.0
+    return scores
 
 
 def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
@@ -103,23 +125,42 @@ def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
 
     old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0)
 
-    # Whether the update's entropy is computed with autograd on (one entry per micro-batch).
-    grad_modes = []
-    entropy_fn = worker.engine.compute_entropy_from_logits
+    # In the update, whether each entropy is computed with autograd on (one entry per micro-batch
+    # and function): erc_verl's (the gate's, on both paths) and verl's own (entropy bonus).
+    import erc_verl.entropy as erc_entropy
 
-    def recording_entropy(*args, **kwargs):
+    grad_modes, verl_grad_modes = [], []
+    erc_fn, verl_fn = erc_entropy.entropy_from_logits, worker.engine.compute_entropy_from_logits
+
+    def recording_erc(*args, **kwargs):
         grad_modes.append(torch.is_grad_enabled())
-        return entropy_fn(*args, **kwargs)
+        return erc_fn(*args, **kwargs)
 
-    worker.engine.compute_entropy_from_logits = recording_entropy
-    metrics = engine_cpu.update_actor(
-        worker, batch, old_log_probs, old_entropy, advantages, temperature=1.0, calculate_entropy=None
-    )
+    def recording_verl(*args, **kwargs):
+        verl_grad_modes.append(torch.is_grad_enabled())
+        return verl_fn(*args, **kwargs)
+
+    erc_entropy.entropy_from_logits = recording_erc
+    worker.engine.compute_entropy_from_logits = recording_verl
+    try:
+        metrics = engine_cpu.update_actor(
+            worker,
+            batch,
+            old_log_probs,
+            old_entropy,
+            advantages,
+            temperature=1.0,
+            calculate_entropy=None,
+            extra={"rm_scores": rm_scores(batch)},
+        )
+    finally:
+        erc_entropy.entropy_from_logits = erc_fn
     metrics = {k: float(v) for k, v in metrics.items() if not any(s in k for s in VOLATILE)}
     return {
         "metrics": metrics,
         "params": engine_cpu.get_params(worker),
         "entropy_grad_modes": grad_modes,
+        "verl_entropy_grad_modes": verl_grad_modes,
         "trainer_flags": flags,
         "old_entropy": old_entropy,
     }

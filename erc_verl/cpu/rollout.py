@@ -1,0 +1,442 @@
+"""`hf`: a CPU rollout backend for verl 0.9.1, generating with HF transformers.
+
+verl's trainer talks to its rollout through two extension points, and this module fills both:
+
+* a *replica* (``verl.workers.rollout.replica.RolloutReplicaRegistry``): the trainer's
+  ``LLMServerManager`` builds one per rollout world, and its ``launch_servers`` starts the
+  server actor that verl's agent loop sends token-in/token-out ``generate`` calls to
+  (``HFReplica`` -> ``HFRolloutServer``);
+* a *server adapter* (``verl.workers.rollout.base._ROLLOUT_REGISTRY``): built inside each
+  actor worker process, it receives the actor's weights after every update through verl's own
+  weight-sync path (sync trainer: checkpoint_engine backend ``naive`` ->
+  ``ActorRolloutRefWorker.update_weights`` -> ``BaseRollout.update_weights``) and ships them
+  to the server actor through Ray's object store (``HFServerAdapter``).
+
+Select it with ``actor_rollout_ref.rollout.name=hf``. erc_verl registers both entries lazily
+(erc_verl/integration/rollout_hf.py); this module, with torch and transformers, is imported only
+when a config selects ``hf``. Nothing here imports vLLM or SGLang.
+
+What the server honours from verl's request: ``temperature`` (0 = greedy), ``top_p``,
+``top_k`` (-1/0 = off), ``max_tokens``/``max_new_tokens`` (else the configured response
+length, capped by the context), ``logprobs`` (per-token log-probs of the sampled tokens under
+``softmax(logits / T)``, the distribution verl's actor scores with), ``ignore_eos``, and stops at
+the model's EOS ids. Validation's ``val_kwargs`` reach it the same way: verl's agent loop puts
+them into ``sampling_params``. Concurrent requests with the same sampling settings are batched
+into one left-padded generation with a KV cache.
+
+It is a smoke-test and demo backend for small models on CPU, not a serving engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Generator, Optional
+
+import ray
+import torch
+
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_NAME = "hf"
+SERVER_NAME_PREFIX = "erc_verl_hf_rollout"
+
+
+def server_actor_name(replica_rank: int, suffix: str = "") -> str:
+    """The Ray actor name of a replica's server; the adapter in the actor process looks it up."""
+    return f"{SERVER_NAME_PREFIX}_{replica_rank}{suffix}"
+
+
+def _get(obj, key, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    try:
+        return obj.get(key, default)  # DictConfig
+    except AttributeError:
+        return getattr(obj, key, default)
+
+
+def _model_path(model_config) -> str:
+    path = _get(model_config, "local_path") or _get(model_config, "path")
+    if path is None:
+        raise ValueError("hf rollout: model config has no path")
+    if not os.path.isdir(str(path)):
+        from verl.utils.fs import copy_to_local
+
+        path = copy_to_local(str(path))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------
+# sampling
+# ----------------------------------------------------------------------------------------
+
+
+def _sampling_key(params: dict) -> tuple:
+    temperature = float(params.get("temperature", 1.0) or 0.0)
+    top_p = float(params.get("top_p", 1.0) if params.get("top_p") is not None else 1.0)
+    top_k = int(params.get("top_k", -1) if params.get("top_k") is not None else -1)
+    return (temperature, top_p, top_k, bool(params.get("ignore_eos", False)))
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator=None):
+    """Sample one token per row; returns (tokens, log-probs under softmax(logits / T)).
+
+    T = 0 is greedy, scored under softmax(logits). top_k <= 0 and top_p >= 1 switch those cuts off;
+    the log-prob is always taken from the uncut tempered distribution (what verl's actor computes).
+    """
+    logits = logits.float()
+    if temperature <= 0:
+        tokens = logits.argmax(dim=-1)
+        logp = torch.log_softmax(logits, dim=-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    scaled = logits / temperature
+    logp = torch.log_softmax(scaled, dim=-1)
+    cut = scaled.clone()
+    if top_k is not None and top_k > 0 and top_k < cut.shape[-1]:
+        kth = torch.topk(cut, top_k, dim=-1).values[:, -1:]
+        cut = cut.masked_fill(cut < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(cut, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        cut = torch.full_like(cut, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(cut, dim=-1)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_batch(
+    model,
+    prompts: list[list[int]],
+    max_tokens: list[int],
+    *,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    eos_ids: set[int],
+    pad_id: int,
+    ignore_eos: bool = False,
+    generator=None,
+) -> list[tuple[list[int], list[float], str]]:
+    """Left-padded batched sampling with a KV cache. Returns (tokens, log-probs, finish) per prompt."""
+    bsz = len(prompts)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((bsz, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((bsz, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attn[i, width - len(p) :] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1, :]
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long) if eos_ids else None
+    done = torch.zeros(bsz, dtype=torch.bool)
+    limit = torch.tensor(max_tokens, dtype=torch.long)
+    tokens: list[list[int]] = [[] for _ in range(bsz)]
+    logps: list[list[float]] = [[] for _ in range(bsz)]
+    finish = ["length"] * bsz
+    last_pos = pos[:, -1:]
+    for step in range(max(max_tokens)):
+        tok, lp = sample_next(logits, temperature, top_p, top_k, generator)
+        for i in range(bsz):
+            if not done[i]:
+                tokens[i].append(int(tok[i]))
+                logps[i].append(float(lp[i]))
+        hit_eos = torch.isin(tok, eos) if (eos is not None and not ignore_eos) else torch.zeros_like(done)
+        for i in torch.nonzero(hit_eos & ~done).flatten().tolist():
+            finish[i] = "stop"
+        done = done | hit_eos | (limit <= step + 1)
+        if bool(done.all()):
+            break
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        attn = torch.cat([attn, torch.ones((bsz, 1), dtype=attn.dtype)], dim=-1)
+        last_pos = last_pos + 1
+        out = model(
+            input_ids=tok[:, None], attention_mask=attn, position_ids=last_pos, past_key_values=past, use_cache=True
+        )
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+    return [(tokens[i], logps[i], finish[i]) for i in range(bsz)]
+
+
+# ----------------------------------------------------------------------------------------
+# the server actor
+# ----------------------------------------------------------------------------------------
+
+
+class HFRolloutServer:
+    """Token-in/token-out generation server (a Ray actor) holding one HF model on CPU."""
+
+    def __init__(self, config, model_config, replica_rank: int = 0, seed: Optional[int] = None):
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        self.config = config
+        self.replica_rank = replica_rank
+        path = _model_path(model_config)
+        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        self.model.eval()
+        eos = set()
+        try:
+            gen = GenerationConfig.from_pretrained(path)
+            gen_eos = gen.eos_token_id
+            eos.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
+            pad = gen.pad_token_id
+        except OSError:
+            pad = None
+        cfg_eos = self.model.config.eos_token_id
+        eos.update(cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos] if cfg_eos is not None else [])
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(path)
+            if tok.eos_token_id is not None:
+                eos.add(int(tok.eos_token_id))
+            if pad is None:
+                pad = tok.pad_token_id
+        except Exception:  # a model folder without a tokenizer: the configs' ids are enough
+            pass
+        self.eos_ids = {int(e) for e in eos if e is not None}
+        self.pad_id = int(pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0))
+        self.prompt_length = int(_get(config, "prompt_length", 512) or 512)
+        self.response_length = int(_get(config, "response_length", 512) or 512)
+        self.max_model_len = int(
+            _get(config, "max_model_len", None) or (self.prompt_length + self.response_length)
+        )
+        seed = int(_get(config, "seed", 0) or 0) if seed is None else int(seed)
+        self.generator = torch.Generator().manual_seed(seed + 1000 * int(replica_rank))
+        self.global_steps: Optional[int] = None
+        self.weight_version = 0
+        self._queue: list[tuple[list[int], dict, int, asyncio.Future]] = []
+        self._batcher: Optional[asyncio.Task] = None
+        self._lock = None
+
+    def ready(self) -> bool:
+        return True
+
+    # --- generation ----------------------------------------------------------------------
+
+    def _max_tokens(self, prompt_ids: list[int], params: dict) -> int:
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise ValueError(
+                f"hf rollout: prompt of {len(prompt_ids)} tokens leaves no room within max_model_len={self.max_model_len}"
+            )
+        if "max_tokens" in params:
+            max_tokens = int(params["max_tokens"])
+        elif "max_new_tokens" in params:
+            max_tokens = int(params["max_new_tokens"])
+        else:
+            max_tokens = min(self.response_length, self.prompt_length + self.response_length - len(prompt_ids))
+        return max(1, min(max_tokens, room))
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str = "",
+        image_data=None,
+        video_data=None,
+        **kwargs,
+    ) -> TokenOutput:
+        if image_data is not None or video_data is not None:
+            raise NotImplementedError("hf rollout: multimodal inputs are not supported")
+        params = dict(sampling_params or {})
+        prompt_ids = [int(t) for t in prompt_ids]
+        max_tokens = self._max_tokens(prompt_ids, params)
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((prompt_ids, params, max_tokens, fut))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._drain())
+        tokens, logps, finish = await fut
+        extra = {"global_steps": self.global_steps, "weight_version": self.weight_version}
+        return TokenOutput(
+            token_ids=tokens,
+            log_probs=logps if params.get("logprobs") else None,
+            stop_reason="completed" if finish in ("stop", "length") else finish,
+            extra_fields=extra,
+        )
+
+    async def _drain(self):
+        # let the agent loop's concurrent requests arrive, then serve them in batches
+        while self._queue:
+            for _ in range(3):
+                await asyncio.sleep(0.005)
+            batch, self._queue = self._queue, []
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                groups.setdefault(_sampling_key(item[1]), []).append(item)
+            for key, items in groups.items():
+                temperature, top_p, top_k, ignore_eos = key
+                try:
+                    results = await asyncio.to_thread(
+                        generate_batch,
+                        self.model,
+                        [it[0] for it in items],
+                        [it[2] for it in items],
+                        temperature=temperature,
+                        top_p=top_p,
+                        top_k=top_k,
+                        eos_ids=self.eos_ids,
+                        pad_id=self.pad_id,
+                        ignore_eos=ignore_eos,
+                        generator=self.generator,
+                    )
+                except Exception as err:  # hand the failure to every waiting request
+                    for it in items:
+                        if not it[3].done():
+                            it[3].set_exception(err)
+                    continue
+                for it, res in zip(items, results, strict=True):
+                    if not it[3].done():
+                        it[3].set_result(res)
+
+    # --- weights -------------------------------------------------------------------------
+
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> dict:
+        """Copy the actor's tensors into the model; returns what was (not) matched."""
+        state = self.model.state_dict()
+        loaded, unknown = [], []
+        with torch.no_grad():
+            for name, tensor in named_tensors.items():
+                if name not in state:
+                    unknown.append(name)
+                    continue
+                state[name].copy_(tensor.to(state[name].dtype))
+                loaded.append(name)
+        if unknown:
+            raise KeyError(f"hf rollout: actor weights not in the rollout model: {unknown[:5]}")
+        self.weight_version += 1
+        if global_steps is not None:
+            self.global_steps = global_steps
+        missing = sorted(set(state) - set(loaded))
+        return {"loaded": len(loaded), "missing": missing, "version": self.weight_version}
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    # --- the control calls verl makes on every server (nothing to free on CPU) ------------
+
+    async def set_global_steps(self, global_steps: int):
+        self.global_steps = global_steps
+
+    async def wake_up(self, tags=None):
+        return None
+
+    async def sleep(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False):
+        return {}
+
+    async def abort_request(self, request_id: str, reset_prefix_cache: bool = True):
+        return {}
+
+    async def resume_generation(self):
+        return None
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# the replica (trainer side) and the adapter (actor-worker side)
+# ----------------------------------------------------------------------------------------
+
+
+class HFReplica(RolloutReplica):
+    """One ``HFRolloutServer`` per replica, next to the (hybrid) actor workers."""
+
+    def rollout_worker_use_gpu(self) -> bool:
+        return False
+
+    def _name(self) -> str:
+        role = "_reward" if self.is_reward_model else "_teacher" if self.is_teacher_model else ""
+        return server_actor_name(self.replica_rank, role + self.name_suffix)
+
+    async def launch_servers(self):
+        if self.rollout_mode not in (RolloutMode.HYBRID, RolloutMode.COLOCATED, RolloutMode.STANDALONE):
+            raise ValueError(f"hf rollout: unsupported rollout mode {self.rollout_mode}")
+        name = self._name()
+        options = dict(name=name, num_cpus=0, max_concurrency=self.max_concurrency)
+        if self.workers:
+            node_id = await self.workers[0].__ray_call__.remote(lambda _self: ray.get_runtime_context().get_node_id())
+            options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=True
+            )
+        server = ray.remote(HFRolloutServer).options(**options).remote(
+            config=self.config, model_config=self.model_config, replica_rank=self.replica_rank
+        )
+        await server.ready.remote()
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"hf-cpu://{name}"
+
+
+class HFServerAdapter(BaseRollout):
+    """Lives in the actor process; forwards the actor's weights to its replica's server."""
+
+    def __init__(self, config, model_config, device_mesh, *args, **kwargs):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", 0))
+        world = (
+            self.config.tensor_model_parallel_size
+            * self.config.data_parallel_size
+            * self.config.pipeline_model_parallel_size
+        )
+        self.replica_rank = rank // world
+        self.is_leader = rank % world == 0
+        self.sleep_level = 0
+        self._server = None
+
+    def _server_handle(self):
+        if self._server is None:
+            self._server = ray.get_actor(server_actor_name(self.replica_rank))
+        return self._server
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    async def update_weights(
+        self,
+        weights: Generator[tuple[str, torch.Tensor], None, None],
+        wire_format: str = "named_tensors",
+        **kwargs,
+    ):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"hf rollout: weight wire format {wire_format!r} is not supported")
+        if kwargs.get("peft_config") is not None:
+            raise NotImplementedError("hf rollout: LoRA adapters are not supported (merge them: model.lora.merge=True)")
+        named = {}
+        for name, tensor in weights:  # every rank must drain the generator (it may gather)
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()
+            if self.is_leader:
+                named[name] = tensor.detach().to("cpu", copy=True).contiguous()
+        if not self.is_leader:
+            return None
+        ref = ray.put(named)
+        return await self._server_handle().load_weights.remote(ref, kwargs.get("global_steps"))

@@ -1,0 +1,228 @@
+"""The authors' positive-sample NLL term (positive_nll_coeff) through verl 0.9.1's real actor update.
+
+Kwai-Klear/ERC's dp_actor adds, per micro-batch, coeff * agg_loss(-log_prob, mask of the responses
+whose summed token-level reward == 1.0) to the policy loss, for every loss mode and outside the ERC
+gate. Here the term's value and gradient on the CPU engine (FSDP2 over gloo) are checked against an
+independent reference: a plain Hugging Face model with the worker's weights, the formula written out
+per micro-batch (token-mean: coeff * N_micro / N_minibatch * mean over the micro-batch's positive
+tokens of -log p).
+"""
+
+import math
+
+import pytest
+import torch
+
+from erc_verl.cpu import engine as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from erc_verl.config import ERCPolicyLossConfig
+from erc_verl.losses import positive_nll_loss, positive_responses
+
+BSZ, PROMPT_LEN, RESPONSE_LEN, MICRO = 8, 6, 12, 2
+ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
+COEFF = 0.1
+# Rows 0, 3, 4 and 5 are correct: micro-batch [2, 3] has one positive response of two, [4, 5] two,
+# [6, 7] none, so the per-micro-batch normalisation matters.
+CORRECT = (0, 3, 4, 5)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return engine_cpu.tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2_nll"), vocab_size=512, hidden_size=64, layers=2)
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    return engine_cpu.random_rollout(BSZ, PROMPT_LEN, RESPONSE_LEN)
+
+
+def rewards_for(batch, correct):
+    """Token-level rewards as verl stores them: the score (+1 correct, -1 wrong) on the last response token."""
+    mask = batch["response_mask"]
+    lengths = mask.sum(dim=1)
+    rewards = torch.zeros(mask.shape, dtype=torch.float32)
+    for i in range(mask.shape[0]):
+        rewards[i, int(lengths[i]) - 1] = 1.0 if i in correct else -1.0
+    return rewards
+
+
+def build(model_dir, loss_mode, coeff, **policy_loss):
+    return engine_cpu.build_actor_worker(
+        model_dir,
+        policy_loss={"_target_": ERC_TARGET, "loss_mode": loss_mode, "positive_nll_coeff": coeff, **policy_loss},
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=10.0,
+        lr=1e-3,
+        micro_batch_size=MICRO,
+        ppo_mini_batch_size=BSZ,
+        clip_grad=1e6,  # keep the raw gradient (compared below); the tiny model's norm is far smaller
+    )
+
+
+def record_grads(worker):
+    """The full gradient of every parameter at each optimizer step, keyed like the HF model."""
+    steps = []
+    real_step = worker.engine.optimizer_step
+
+    def optimizer_step():
+        grads = {}
+        for name, p in worker.engine.module.named_parameters():
+            g = p.grad
+            if g is not None and hasattr(g, "full_tensor"):
+                g = g.full_tensor()
+            grads[name] = None if g is None else g.detach().clone()
+        steps.append(grads)
+        return real_step()
+
+    worker.engine.optimizer_step = optimizer_step
+    return steps
+
+
+def update(worker, rollout, rewards, field="token_level_rewards", layout="nested", entropy_scale=1.0):
+    batch, advantages = rollout
+    old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0, layout=layout)
+    reference_model = engine_cpu.rollout_model(worker)  # the weights the update starts from
+    steps = record_grads(worker)
+    metrics = engine_cpu.update_actor(
+        worker,
+        batch,
+        old_log_probs,
+        old_entropy * entropy_scale,
+        advantages,
+        temperature=1.0,
+        layout=layout,
+        extra={field: rewards},
+    )
+    assert len(steps) == 1
+    return metrics, steps[0], reference_model
+
+
+def reference_nll(model, batch, positive):
+    """The authors' term, written out: per micro-batch, mean over its positive response tokens of
+    -log p, weighted by the micro-batch's share of the mini-batch's response tokens."""
+    P = batch["prompts"].shape[1]
+    model.zero_grad(set_to_none=True)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).logits.float()
+    log_probs = torch.log_softmax(logits[:, P - 1 : -1], dim=-1)
+    token_log_prob = log_probs.gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
+    mask = batch["response_mask"].bool()
+    total_tokens = mask.sum()
+    value = torch.zeros(())
+    for start in range(0, BSZ, MICRO):
+        rows = [i for i in range(start, start + MICRO) if positive[i]]
+        n_micro = mask[start : start + MICRO].sum()
+        if not rows:
+            continue
+        pos_mask = mask[rows]
+        mean_pos = -(token_log_prob[rows] * pos_mask).sum() / pos_mask.sum()
+        value = value + n_micro / total_tokens * mean_pos
+    value.backward()
+    return value.item(), {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def engine_key(engine_grads, hf_name):
+    matches = [k for k in engine_grads if k == hf_name or k.endswith("." + hf_name)]
+    assert len(matches) == 1, (hf_name, matches)
+    return matches[0]
+
+
+def assert_grad_equals(engine_grads, reference, scale=1.0, baseline=None):
+    worst = 0.0
+    for name, ref in reference.items():
+        g = engine_grads[engine_key(engine_grads, name)]
+        if baseline is not None:
+            g = g - baseline[engine_key(baseline, name)]
+        torch.testing.assert_close(g, scale * ref, rtol=1e-4, atol=1e-6, msg=name)
+        worst = max(worst, ref.abs().max().item())
+    assert worst > 0  # the reference gradient is not trivially zero
+
+
+@pytest.mark.parametrize("layout,field", [("nested", "rm_scores"), ("padded", "token_level_rewards")])
+def test_value_and_gradient_match_the_authors_formula(model_dir, rollout, layout, field):
+    # nested + rm_scores: what the V1 trainer's update batch holds; padded + token_level_rewards: v0's.
+    batch, _ = rollout
+    rewards = rewards_for(batch, CORRECT)
+    base_metrics, base_grads, _ = update(build(model_dir, "vanilla", 0.0), rollout, rewards, field, layout)
+    metrics, grads, model = update(build(model_dir, "vanilla", COEFF), rollout, rewards, field, layout)
+    value, ref_grads = reference_nll(model, batch, positive_responses(rewards))
+    assert metrics["actor/positive_nll"] == pytest.approx(value, rel=1e-5)
+    assert "actor/positive_nll" not in base_metrics
+    # the policy-gradient part is the same in both runs; the difference is coeff * grad(term)
+    assert metrics["actor/pg_loss"] == pytest.approx(base_metrics["actor/pg_loss"], rel=1e-6)
+    assert_grad_equals(grads, ref_grads, scale=COEFF, baseline=base_grads)
+
+
+def test_zero_when_no_response_is_correct(model_dir, rollout):
+    batch, _ = rollout
+    rewards = rewards_for(batch, ())
+    _, base_grads, _ = update(build(model_dir, "vanilla", 0.0), rollout, rewards)
+    metrics, grads, _ = update(build(model_dir, "vanilla", COEFF), rollout, rewards)
+    assert metrics["actor/positive_nll"] == 0.0
+    for name in grads:
+        assert torch.equal(grads[name], base_grads[name]), name
+
+
+def test_ercs_gate_leaves_the_term_untouched(model_dir, rollout):
+    # Old entropies doubled: every ratio is about 0.5, so ERC cuts every token's policy gradient;
+    # what is left is exactly the NLL term's gradient, tokens cut by ERC included.
+    batch, _ = rollout
+    rewards = rewards_for(batch, CORRECT)
+    metrics, grads, model = update(build(model_dir, "dapo_erc", COEFF), rollout, rewards, entropy_scale=2.0)
+    assert metrics["actor/erc_keep_frac"] == 0.0
+    value, ref_grads = reference_nll(model, batch, positive_responses(rewards))
+    assert metrics["actor/positive_nll"] == pytest.approx(value, rel=1e-5)
+    assert_grad_equals(grads, ref_grads, scale=COEFF)
+
+
+def test_missing_rewards_stop_the_update_naming_the_fix(model_dir, rollout):
+    batch, advantages = rollout
+    worker = build(model_dir, "vanilla", COEFF)
+    old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0)
+    with pytest.raises(ValueError, match="positive_nll_coeff=0"):
+        engine_cpu.update_actor(worker, batch, old_log_probs, old_entropy, advantages, temperature=1.0)
+
+
+# ---- the formula alone --------------------------------------------------------------------------
+
+
+def test_normalisation_keeps_the_authors_per_micro_batch_weight():
+    torch.manual_seed(0)
+    log_prob = -torch.rand(3, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]).bool()
+    positive = torch.tensor([True, False, True])
+    n_micro, p_micro = mask.sum(), mask[positive].sum()
+    mean_pos = -(log_prob * mask)[positive].sum() / p_micro
+    # no global information: the authors' agg_loss over the positive rows
+    assert positive_nll_loss(log_prob, mask, positive).item() == pytest.approx(mean_pos.item())
+    # verl 0.9.1 token-mean: a share of the global mini-batch, like the policy loss
+    info = {"dp_size": 4, "batch_num_tokens": 200, "global_batch_size": 48, "loss_scale_factor": None}
+    got = positive_nll_loss(log_prob, mask, positive, "token-mean", info)
+    assert got.item() == pytest.approx((mean_pos * n_micro * 4 / 200).item())
+    # each positive token's weight, relative to a policy-loss token's (dp / N_global): N_micro / P_micro,
+    # as in the authors' micro-batch (token-mean over N_micro next to a mean over P_micro)
+    weight = got / (mean_pos * p_micro)
+    assert (weight / (4 / 200)).item() == pytest.approx((n_micro / p_micro).item())
+    # seq-mean-token-mean: mean over positive sequences, times B_micro * dp / global_batch_size
+    seq_means = [-(log_prob[i][mask[i]]).mean() for i in (0, 2)]
+    got = positive_nll_loss(log_prob, mask, positive, "seq-mean-token-mean", info)
+    assert got.item() == pytest.approx((sum(seq_means) / 2 * 3 * 4 / 48).item(), rel=1e-6)
+    # no positive response: exactly zero
+    assert positive_nll_loss(log_prob, mask, torch.zeros(3, dtype=torch.bool), "token-mean", info).item() == 0.0
+
+
+def test_positive_means_summed_reward_exactly_one():
+    rewards = torch.tensor([[0, 0, 1.0], [0, 0, -1.0], [0, 0.5, 0.5], [0, 0, 0.9]])
+    assert positive_responses(rewards).tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "0.1"])
+def test_coefficient_is_validated(bad):
+    with pytest.raises(ValueError, match="positive_nll_coeff"):
+        ERCPolicyLossConfig(positive_nll_coeff=bad)
+
+
+def test_default_is_the_paper_texts_objective():
+    assert ERCPolicyLossConfig().positive_nll_coeff == 0.0
+    assert math.isfinite(ERCPolicyLossConfig(positive_nll_coeff=0.1).positive_nll_coeff)
