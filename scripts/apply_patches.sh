@@ -14,15 +14,23 @@
 # tag); if that merge conflicts, the files and the index are restored and the script fails.
 # Running it again on a patched tree says so and exits 0 (same for --revert on a clean one).
 #
-# Exit codes: 0 done or nothing to do, 1 does not apply / conflict, 2 usage or unsupported tree.
+# Exit codes: 0 done or nothing to do (and --help), 1 does not apply / conflict, 2 usage or
+# unsupported tree. The series is patches/verl-<version>/ (override the folder with ERC_PATCHES_DIR);
+# patches/README.md says what each patch does and why.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PATCHES_ROOT="$(cd "${ERC_PATCHES_DIR:-$REPO_ROOT/patches}" && pwd)"
 
+# usage [STATUS]: the header above; --help prints it to stdout and exits 0, a usage error to stderr (exit 2).
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    exit 2
+    local status="${1:-2}"
+    if [ "$status" = 0 ]; then
+        sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    else
+        sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    fi
+    exit "$status"
 }
 
 mode=apply
@@ -32,7 +40,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --revert) mode=revert ;;
         --check) check_only=1 ;;
-        -h | --help) usage ;;
+        -h | --help) usage 0 ;;
         -*) echo "apply_patches.sh: unknown option $1" >&2; usage ;;
         *)
             [ -z "$target" ] || { echo "apply_patches.sh: one VERL_SOURCE_DIR only" >&2; exit 2; }

@@ -1,33 +1,60 @@
 #!/usr/bin/env bash
-# Launch one paper run of erc-verl on verl 0.9.1:
-#
-#   scripts/launch.sh [--dry-run] [--val-only CKPT_STEP_DIR] RECIPE [hydra overrides...]
-#
-# RECIPE is a file name in recipes/ without .yaml (e.g. dapo_erc_qwen7b). Required environment:
-#   MODEL_PATH     model folder or Hub id (DeepSeek-R1-Distill-Qwen-1.5B / -7B)
-#   TRAIN_FILES    training parquet(s), comma-separated (erc-verl prepare-data)
-#   VAL_FILES      eval parquet(s), comma-separated (each benchmark reported separately)
-#   CKPT_DIR       folder for checkpoints and metric logs; must be on a filesystem every node sees
-#   NNODES         node count (paper: 8)
-#   GPUS_PER_NODE  GPUs per node (paper: 8)
-# Optional:
-#   RAY_ADDRESS    address of a running Ray cluster (required when NNODES > 1)
-#   PYTHON         interpreter with verl and erc_verl installed (default: python)
-#
-# --dry-run             print the command, run nothing
-# --val-only DIR        evaluate the checkpoint DIR (a global_step_N folder) with the paper's
-#                       32768-token validation length: verl 0.9.1 uses one response length for
-#                       training and validation, so the in-training validation runs at 16384.
+# Launch one paper run of erc-verl on verl 0.9.1 (GPU cluster), or a CPU smoke run of a recipe.
+# Usage text: scripts/launch.sh --help.
 set -euo pipefail
 
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() {
+  cat <<'USAGE'
+Usage:
+  scripts/launch.sh [--dry-run] [--val-only CKPT_STEP_DIR] RECIPE [hydra overrides...]
+  scripts/launch.sh --smoke RECIPE [hydra overrides...]
+
+RECIPE is a file name in recipes/ without .yaml (e.g. dapo_erc_qwen7b); the command runs
+`python -m verl.trainer.main_ppo` with it, on verl 0.9.1, with erc_verl loaded in every process.
+
+Real run (GPU cluster). Required environment:
+  MODEL_PATH     model folder or Hub id (DeepSeek-R1-Distill-Qwen-1.5B / -7B)
+  TRAIN_FILES    training parquet(s), comma-separated (erc-verl prepare-data)
+  VAL_FILES      eval parquet(s), comma-separated (each benchmark reported separately)
+  CKPT_DIR       folder for checkpoints and metric logs; must be on a filesystem every node sees
+  NNODES         node count (paper: 8)
+  GPUS_PER_NODE  GPUs per node (paper: 8)
+Optional:
+  RAY_ADDRESS    address of a running Ray cluster (required when NNODES > 1)
+  WANDB_API_KEY  wandb logs online when set; otherwise set WANDB_MODE=offline (or log in first)
+  PYTHON         interpreter with verl and erc_verl installed (default: the project's .venv if
+                 present, else python)
+Outputs: $CKPT_DIR/<run>/global_step_*/ and $CKPT_DIR/<run>/logs/metrics-<time>.jsonl
+(`erc-verl table $CKPT_DIR/<run>`, `erc-verl plot ...`).
+
+Options:
+  --dry-run             print the command, run nothing
+  --val-only DIR        evaluate the checkpoint DIR (a global_step_N folder) with the paper's
+                        32768-token validation length: verl 0.9.1 uses one response length for
+                        training and validation, so the in-training validation runs at 16384.
+  --smoke               run RECIPE end to end on this machine's CPU in a few minutes, before you
+                        book a cluster: the same recipe through the same main_ppo, with a tiny
+                        Qwen2 built locally, addition prompts, the `hf` CPU rollout backend, 3
+                        training steps, validation before and after, a checkpoint at step 2, and
+                        logger [console,file]. Needs no environment variable; installs .venv on
+                        first use. Prints every override it adds to the recipe. Writes a fresh
+                        runs/smoke/RECIPE/ (logs/metrics-*.jsonl, global_step_*/).
+                        `--smoke --dry-run` prepares and prints without running.
+  -h, --help            this text
+USAGE
+}
 die() { echo "launch.sh: error: $*" >&2; exit 2; }
 
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+
 DRY_RUN=0
+SMOKE=0
 VAL_ONLY=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
+    --smoke) SMOKE=1; shift ;;
     --val-only) [[ $# -ge 2 ]] || die "--val-only needs a checkpoint folder"; VAL_ONLY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -39,7 +66,17 @@ done
 RECIPE="${1%.yaml}"
 shift
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ "$SMOKE" -eq 1 ]]; then
+  [[ -z "$VAL_ONLY" ]] || die "--smoke and --val-only do not combine"
+  cd "$ROOT"
+  # The project's .venv, created on first use (as scripts/demo.sh and scripts/test.sh do).
+  # shellcheck source=setup_venv.sh
+  source "$SCRIPT_DIR/setup_venv.sh"
+  SMOKE_ARGS=()
+  [[ "$DRY_RUN" -eq 1 ]] && SMOKE_ARGS+=(--dry-run)
+  exec "$ERC_VERL_PYTHON" -m erc_verl.cpu.smoke "${SMOKE_ARGS[@]}" "$RECIPE" "$@"
+fi
+
 RECIPES_DIR="$(cd "${ERC_VERL_RECIPES:-$SCRIPT_DIR/../recipes}" && pwd)"
 if [[ ! -f "$RECIPES_DIR/$RECIPE.yaml" ]]; then
   available="$(cd "$RECIPES_DIR" && ls -1 *.yaml 2>/dev/null | sed 's/\.yaml$//' | tr '\n' ' ')"
@@ -121,12 +158,36 @@ esac
 export VERL_FILE_LOGGER_PATH="$FILE_LOG"
 [[ -n "${RAY_ADDRESS:-}" ]] && export RAY_ADDRESS
 
-PYTHON="${PYTHON:-python}"
+# The project's .venv when there is one (scripts/setup_venv.sh), so the documented commands work
+# on a fresh checkout; PYTHON overrides.
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "${ERC_VERL_VENV:-$ROOT/.venv}/bin/python" ]]; then
+    PYTHON="${ERC_VERL_VENV:-$ROOT/.venv}/bin/python"
+  else
+    PYTHON=python
+  fi
+fi
 CMD=("$PYTHON" -m verl.trainer.main_ppo --config-path "$RECIPES_DIR" --config-name "$RECIPE" "${OVERRIDES[@]}" "$@")
 
 echo "# recipe: $RECIPES_DIR/$RECIPE.yaml"
 echo "# run folder: $RUN_DIR (metrics: $FILE_LOG)"
 [[ -n "${RAY_ADDRESS:-}" ]] && echo "# Ray cluster: $RAY_ADDRESS"
+echo "# python: $PYTHON"
+# Where the recipe's `wandb` logger sends metrics (a user override of trainer.logger wins).
+WANDB_IN_LOGGER=1
+for arg in "$@"; do
+  [[ "$arg" == trainer.logger=* && "$arg" != *wandb* ]] && WANDB_IN_LOGGER=0
+done
+if [[ "$WANDB_IN_LOGGER" -eq 1 ]]; then
+  if [[ "${WANDB_MODE:-}" == "offline" || "${WANDB_MODE:-}" == "disabled" ]]; then
+    echo "# wandb: $WANDB_MODE (WANDB_MODE=$WANDB_MODE); sync later with 'wandb sync'"
+  elif [[ -n "${WANDB_API_KEY:-}" ]]; then
+    echo "# wandb: online (WANDB_API_KEY is set), project erc-verl, run $EXPERIMENT"
+  else
+    echo "# wandb: online only if this machine is logged in ('wandb login'); WANDB_API_KEY is not set."
+    echo "#        For no network: WANDB_MODE=offline scripts/launch.sh ... (or trainer.logger=[console,file])."
+  fi
+fi
 echo "VERL_USE_EXTERNAL_MODULES=$VERL_USE_EXTERNAL_MODULES VERL_FILE_LOGGER_PATH=$(printf '%q' "$FILE_LOG") \\"
 printf '%q ' "${CMD[@]}"
 echo

@@ -52,9 +52,10 @@ def rollout():
     return engine_cpu.random_rollout(BSZ, PROMPT_LEN, RESPONSE_LEN)
 
 
-def build(model_dir, loss_mode, lr=1e-3, mini=BSZ, **policy_loss):
+def build(model_dir, loss_mode, lr=1e-3, mini=BSZ, engine_kwargs=None, **policy_loss):
     return engine_cpu.build_actor_worker(
         model_dir,
+        **(engine_kwargs or {}),
         policy_loss={"_target_": ERC_TARGET, "loss_mode": loss_mode, **policy_loss},
         clip_ratio_low=0.2,
         clip_ratio_high=0.28,
@@ -175,13 +176,24 @@ def test_monitor_on_vanilla_logs_ratio_metrics_and_trains_like_vanilla(model_dir
     assert metrics["actor/erc_keep_frac"] <= 1.0
 
 
-@pytest.mark.parametrize("mode", ["dapo_erc", "gppo_erc"])
-def test_on_policy_mini_batch_keeps_every_token(very_peaked_model_dir, rollout, mode):
+@pytest.mark.parametrize(
+    "mode, engine_kwargs",
+    [
+        ("dapo_erc", {}),
+        ("gppo_erc", {}),
+        # verl's padded (no remove-padding) forward, and verl's compiled entropy configured:
+        # both passes must still use erc_verl's kernel.
+        ("dapo_erc", {"use_remove_padding": False}),
+        ("dapo_erc", {"use_torch_compile": True}),
+    ],
+    ids=["dapo_erc", "gppo_erc", "padded_forward", "torch_compile_configured"],
+)
+def test_on_policy_mini_batch_keeps_every_token(very_peaked_model_dir, rollout, mode, engine_kwargs):
     # One mini-batch: the update sees exactly the old-log-prob pass's policy and micro-batches,
     # so every ratio must be exactly 1, including peaked, near-zero-entropy positions where two
     # different float32 entropy formulas would disagree by more than the 5% band.
     batch, advantages = rollout
-    worker = build(very_peaked_model_dir, mode, mini=BSZ)
+    worker = build(very_peaked_model_dir, mode, mini=BSZ, engine_kwargs=engine_kwargs)
     old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0)
     assert old_entropy[batch["response_mask"].bool()].min() < 1e-3  # the case that matters is present
     metrics = engine_cpu.update_actor(

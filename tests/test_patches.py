@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 APPLY = ROOT / "scripts" / "apply_patches.sh"
 VERSIONS = ("0.7.1", "0.9.1")
-MARKER = "POLICY_LOSS_ENTROPY_KWARGS = "
+MARKER = "POLICY_LOSS_EXTENSIONS_API = "
 CORE_ALGOS = Path("verl/trainer/ppo/core_algos.py")
 WHEEL_CACHE = Path(os.environ.get("ERC_VERL_CACHE", Path.home() / ".cache" / "erc-verl")) / "verl-wheels"
 
@@ -118,6 +118,26 @@ def test_folder_is_a_numbered_format_patch_series_with_reasons(version):
 # ---------------------------------------------------------------------------------------------
 # apply_patches.sh on unpacked release wheels
 # ---------------------------------------------------------------------------------------------
+
+
+def test_help_prints_usage_and_exits_0_and_a_usage_error_exits_2():
+    out = run_apply("--help", check=0)
+    assert out.stdout.startswith("Apply (or --revert)") and "usage: scripts/apply_patches.sh" in out.stdout
+    assert out.stderr == ""
+    assert run_apply("-h", check=0).stdout == out.stdout
+    wrong = run_apply("--no-such-option", check=2)
+    assert "unknown option --no-such-option" in wrong.stderr and "usage:" in wrong.stderr
+    assert run_apply(check=2).stdout == ""
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_patch_in_a_folder_is_guarded_by_the_extension_api(version):
+    # The hooks the patched actor paths call exist from the first patch on and answer "no" with
+    # nothing registered, so the tree behaves as the release until a plugin registers an extension.
+    text = patch_files(version)[0].read_text()
+    for name in ("register_policy_loss_extension", "policy_loss_wants_entropy", "policy_loss_entropy_fn",
+                 "policy_loss_extra_terms", "policy_loss_extensions_active", "policy_loss_entropy_kwargs"):
+        assert f"+def {name}(" in text, name
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -314,16 +334,33 @@ def test_legacy_fsdp_actor_of_071_runs_erc_from_the_patched_tree(tmp_path):
         assert all(a <= b for a, b in zip(m["actor/entropy_ratio_min"], m["actor/entropy_ratio_max"])), name
     assert "actor/erc_keep_frac" not in vanilla["metrics"]
 
-    # current entropy: computed without autograd unless the entropy bonus needs its gradient
-    assert cases["paper_band"]["entropy_grad_modes"] == [False] * 4
-    assert cases["paper_band_entropy_bonus"]["entropy_grad_modes"] == [True] * 4
-    assert vanilla["entropy_grad_modes"] == []
+    # the gate's current entropy: erc_verl's function, without autograd; verl's own only for the bonus
+    for name in ("paper_band", "paper_band_gppo", "vanilla_monitor"):
+        assert cases[name]["entropy_grad_modes"] == [False] * 4, name
+        assert cases[name]["verl_entropy_grad_modes"] == [], name
+    assert cases["paper_band_entropy_bonus"]["entropy_grad_modes"] == [False] * 4
+    assert cases["paper_band_entropy_bonus"]["verl_entropy_grad_modes"] == [True] * 4
+    assert vanilla["entropy_grad_modes"] == vanilla["verl_entropy_grad_modes"] == []
+    # the old-log-prob pass's entropy comes from the same function, under no_grad
+    for name, case in cases.items():
+        assert case["old_pass_entropy_modes"]["verl"] == [], name
+        assert case["old_pass_entropy_modes"]["erc"] and not any(case["old_pass_entropy_modes"]["erc"]), name
+
+    # the authors' positive-sample NLL term: per micro-batch value and gradient against the reference
+    plain, nll, shut_nll = cases["vanilla_rewards"], cases["vanilla_positive_nll"], cases["shut_band_positive_nll"]
+    values, ref_grads = nll["reference_positive_nll"]
+    assert nll["metrics"]["actor/positive_nll"] == pytest.approx(values, rel=1e-5, abs=1e-7)
+    assert values[3] == 0.0 and min(values[:3]) > 0  # the last micro-batch has no correct response
+    assert "actor/positive_nll" not in plain["metrics"]
+    assert nll["metrics"]["actor/pg_loss"] == pytest.approx(plain["metrics"]["actor/pg_loss"], rel=1e-6)
+    for k, ref in ref_grads.items():
+        torch.testing.assert_close(nll["grads"][0][k] - plain["grads"][0][k], 0.1 * ref, rtol=1e-4, atol=1e-6, msg=k)
+        # ERC cut every token's policy gradient; the NLL term's gradient is untouched
+        torch.testing.assert_close(shut_nll["grads"][0][k], 0.1 * ref, rtol=1e-4, atol=1e-6, msg=k)
+    assert all(f == 0.0 for f in shut_nll["metrics"]["actor/erc_keep_frac"])
+
     assert "dapo_erc" in (res["engine_ppo_loss_refusal"] or "")
-
-
-# metrics computed from the current entropy: the runtime plumbing computes it blockwise, the
-# patched engine with verl's own function, so they agree to float32 rounding only
-ENTROPY_VALUED = ("actor/entropy_loss", "actor/entropy_ratio_mean", "actor/entropy_ratio_min", "actor/entropy_ratio_max")
+    assert "vanilla" in (res["engine_ppo_loss_refusal_nll"] or "")
 
 
 @pytest.mark.slow
@@ -340,24 +377,31 @@ def test_engine_091_patched_path_matches_runtime_path(tmp_path):
         pt = patched["cases"][name]
         assert "error" not in rt and "error" not in pt, (name, rt.get("error"), pt.get("error"))
         assert set(pt["metrics"]) == set(rt["metrics"]), name
+        # both paths compute H_old and H_cur with erc_verl's entropy function: the same numbers,
+        # entropy metrics included
+        assert torch.equal(pt["old_entropy"], rt["old_entropy"]), name
         for key, value in rt["metrics"].items():
-            if key in ENTROPY_VALUED:
-                assert pt["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, key)
-            else:  # loss, grad norm, kept/cut fractions: the same numbers
-                assert pt["metrics"][key] == value, (name, key)
+            assert pt["metrics"][key] == value, (name, key)
         for k in rt["params"]:
             assert (pt["params"][k] == rt["params"][k]).all(), (name, k)
+    assert patched["stock_losses_untouched"] and runtime["stock_losses_untouched"]
 
     def flags(name):
         return patched["cases"][name]["trainer_flags"]
 
     # what the patched V1 and v0 trainers send with the update (they agree; checked in the script)
-    assert flags("dapo_erc") == {"calculate_entropy": True, "entropy_requires_grad": False}
-    assert flags("vanilla_monitor") == {"calculate_entropy": True, "entropy_requires_grad": False}
-    assert flags("dapo_erc_entropy_bonus") == {"calculate_entropy": True, "entropy_requires_grad": True}
-    assert flags("vanilla")["calculate_entropy"] is False
-    # and the patched FSDP engine computes the gate's entropy without a graph
-    assert patched["cases"]["dapo_erc"]["entropy_grad_modes"] == [False] * 4
-    assert patched["cases"]["dapo_erc_entropy_bonus"]["entropy_grad_modes"] == [True] * 4
+    assert flags("dapo_erc") == {"calculate_entropy": False, "policy_loss_entropy": True}
+    assert flags("vanilla_monitor") == {"calculate_entropy": False, "policy_loss_entropy": True}
+    assert flags("dapo_erc_entropy_bonus") == {"calculate_entropy": True, "policy_loss_entropy": True}
+    assert flags("vanilla") == flags("vanilla_positive_nll") == {"calculate_entropy": False, "policy_loss_entropy": False}
+    # and the patched FSDP engine computes the gate's entropy with erc_verl's function, without a
+    # graph; verl's own (with its graph) only for the entropy bonus
+    for side in (patched, runtime):
+        assert side["cases"]["dapo_erc"]["entropy_grad_modes"] == [False] * 4
+        assert side["cases"]["dapo_erc"]["verl_entropy_grad_modes"] == []
+        assert side["cases"]["dapo_erc_entropy_bonus"]["entropy_grad_modes"] == [False] * 4
+        assert side["cases"]["dapo_erc_entropy_bonus"]["verl_entropy_grad_modes"] == [True] * 4
+    for name in ("vanilla_positive_nll", "dapo_erc_positive_nll"):
+        assert patched["cases"][name]["metrics"]["actor/positive_nll"] > 0, name
     assert "actor/erc_keep_frac" in patched["cases"]["dapo_erc"]["metrics"]
     assert 0.0 < patched["cases"]["dapo_erc"]["metrics"]["actor/erc_keep_frac"] < 1.0

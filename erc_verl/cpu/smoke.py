@@ -60,10 +60,13 @@ class ModelSpec:
     layers: int = 2
     heads: int = 4
     kv_heads: int = 2
-    max_operand: int = 49
-    sft_steps: int = 150
-    sft_batch_size: int = 64
-    sft_lr: float = 3e-3
+    # One-digit sums: a few seconds of SFT teach the format (`</think>N<|im_end|>`) and get
+    # some answers right (about 1 in 7 at T=1), so about a third of the 4-response groups are
+    # mixed and dynamic sampling fills a batch quickly.
+    max_operand: int = 5
+    sft_steps: int = 60
+    sft_batch_size: int = 32
+    sft_lr: float = 1e-2
     seed: int = 0
 
     def key(self) -> str:
@@ -157,7 +160,7 @@ def build_model(model_dir: Path, spec: ModelSpec = ModelSpec(), log=print) -> di
     model.save_pretrained(model_dir, safe_serialization=True)
     GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    info = {"sft_steps": spec.sft_steps, "sft_final_loss": float(loss) if loss is not None else None,
+    info = {"sft_steps": spec.sft_steps, "sft_final_loss": float(loss.item()) if loss is not None else None,
             "sft_s": round(time.time() - t0, 1)}
     (model_dir / "erc_verl_smoke.json").write_text(json.dumps({"spec": spec.__dict__, **info}, indent=1))
     log(f"[smoke] tiny Qwen2 warmed up: {spec.sft_steps} SFT steps, loss {info['sft_final_loss']:.3f}, {info['sft_s']}s")
@@ -259,7 +262,6 @@ def smoke_overrides(model_dir: Path, data: dict, run_dir: Path, file_log: Path, 
         ("transfer_queue.backend.SimpleStorage.num_data_storage_units=1", "each unit holds a Ray CPU"),
         (f"++{env}.VERL_PLATFORM=cpu", "CPU platform in every worker"),
         (f"++{env}.VERL_FILE_LOGGER_PATH={file_log}", "file log in the run folder"),
-        (f"++{env}.TOKENIZERS_PARALLELISM=false", "2-core machine"),
     ]
 
 

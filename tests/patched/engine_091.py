@@ -169,7 +169,13 @@ def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
 def main(model_dir, peaked_dir, out):
     batch, advantages = rollout()
     models = {"base": model_dir, "peaked": peaked_dir}
+    from verl.trainer.ppo import core_algos
+
     results = {"plumbing": erc_verl.PLUMBING, "cases": {}}
+    # issue 12: verl's stock losses stay the very functions verl defines, on both paths
+    results["stock_losses_untouched"] = (
+        core_algos.POLICY_LOSS_REGISTRY["vanilla"] is core_algos.compute_policy_loss_vanilla
+    )
     for name, (model, policy_loss, options) in CASES.items():
         try:
             results["cases"][name] = run_case(models[model], policy_loss, options, batch, advantages)

@@ -110,11 +110,50 @@ def rollout():
     return DataProto(batch=batch, meta_info={"temperature": 1.0, "micro_batch_size": 4, "use_dynamic_bsz": False})
 
 
+# Responses 0, 3, 4 and 5 are correct (summed token-level reward 1.0): micro-batches of 2 hold 1, 1, 2, 0
+CORRECT = (0, 3, 4, 5)
+
+
+def token_level_rewards(response_mask):
+    rewards = torch.zeros(response_mask.shape, dtype=torch.float32)
+    for i, length in enumerate(response_mask.sum(dim=1).tolist()):
+        rewards[i, int(length) - 1] = 1.0 if i in CORRECT else -1.0
+    return rewards
+
+
+def reference_positive_nll(lm_head_scale, data):
+    """The authors' term written out on a fresh copy of the model: per micro-batch of 2, the mean over
+    its positive response tokens of -log p, times 1/gradient_accumulation (4 micro-batches per step).
+    Returns the per-micro-batch values and the gradient of the step's sum."""
+    model = tiny_qwen2(lm_head_scale)
+    batch = data.batch
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).logits.float()
+    logits = logits[:, -RESPONSE_LEN - 1 : -1]
+    log_prob = torch.log_softmax(logits, dim=-1).gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
+    mask = batch["response_mask"].bool()
+    values, total = [], 0.0
+    for start in range(0, BSZ, 2):
+        rows = [i for i in (start, start + 1) if i in CORRECT]
+        if not rows:
+            values.append(0.0)
+            continue
+        term = -(log_prob[rows] * mask[rows]).sum() / mask[rows].sum()
+        values.append(term.item())
+        total = total + term / (BSZ // 2)
+    total.backward()
+    return values, {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
 def params(module):
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
 
-def run_case(policy_loss, *, mini_batch=BSZ, entropy_coeff=0.0, lm_head_scale=30.0, old_entropy_scale=1.0):
+def run_case(
+    policy_loss, *, mini_batch=BSZ, entropy_coeff=0.0, lm_head_scale=30.0, old_entropy_scale=1.0, rewards=False
+):
+    import erc_verl.entropy as erc_entropy
     import verl.utils.torch_functional as verl_F
 
     from verl.workers.actor.dp_actor import DataParallelPPOActor
@@ -125,39 +164,67 @@ def run_case(policy_loss, *, mini_batch=BSZ, entropy_coeff=0.0, lm_head_scale=30
     actor = DataParallelPPOActor(config=config, actor_module=model, actor_optimizer=optimizer)
 
     data = rollout()
-    out = actor.compute_log_prob(data=data, calculate_entropy=True)
+    if rewards:
+        data.batch["token_level_rewards"] = token_level_rewards(data.batch["response_mask"])
+    # which entropy function each pass uses, and whether autograd is on: erc_verl's (the one the
+    # plugin registers with the patched tree) and verl's own
+    erc_modes, verl_modes = [], []
+    erc_fn, verl_fn = erc_entropy.entropy_from_logits, verl_F.entropy_from_logits
+
+    def recording_erc(*args, **kwargs):
+        erc_modes.append(torch.is_grad_enabled())
+        return erc_fn(*args, **kwargs)
+
+    def recording_verl(*args, **kwargs):
+        verl_modes.append(torch.is_grad_enabled())
+        return verl_fn(*args, **kwargs)
+
+    erc_entropy.entropy_from_logits, verl_F.entropy_from_logits = recording_erc, recording_verl
+    try:
+        out = actor.compute_log_prob(data=data, calculate_entropy=True)
+    finally:
+        erc_entropy.entropy_from_logits, verl_F.entropy_from_logits = erc_fn, verl_fn
+    old_pass = {"erc": list(erc_modes), "verl": list(verl_modes)}
+    erc_modes.clear()
+    verl_modes.clear()
     data.batch["old_log_probs"] = out["log_probs"]
     # what the patched trainer keeps (0002-ray_trainer-keep-the-old-policy-entropy...)
     data.batch["old_entropys"] = out["entropys"] * old_entropy_scale
 
-    grad_modes = []
-    entropy_from_logits = verl_F.entropy_from_logits
+    grads = []
+    optimizer_step = actor._optimizer_step
 
-    def recording(*args, **kwargs):
-        grad_modes.append(torch.is_grad_enabled())
-        return entropy_from_logits(*args, **kwargs)
+    def recording_step():
+        grads.append({k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None})
+        return optimizer_step()
 
-    verl_F.entropy_from_logits = recording
+    actor._optimizer_step = recording_step
+    erc_entropy.entropy_from_logits, verl_F.entropy_from_logits = recording_erc, recording_verl
     before = params(model)
     try:
         metrics = actor.update_policy(data)
     finally:
-        verl_F.entropy_from_logits = entropy_from_logits
+        erc_entropy.entropy_from_logits, verl_F.entropy_from_logits = erc_fn, verl_fn
     return {
         "policy_loss_config": type(config.policy_loss).__name__,
         "before": before,
         "after": params(model),
         "metrics": {k: (v if isinstance(v, float) else [float(x) for x in v]) for k, v in metrics.items()},
-        # autograd on/off at each entropy computation of the update (the old pass is done by then)
-        "entropy_grad_modes": grad_modes,
+        # autograd on/off at each entropy computation of the update: erc_verl's function (the gate's)
+        # and verl's own (entropy bonus); and which functions the old-log-prob pass used
+        "entropy_grad_modes": erc_modes,
+        "verl_entropy_grad_modes": verl_modes,
+        "old_pass_entropy_modes": old_pass,
+        "grads": grads,
+        "reference_positive_nll": reference_positive_nll(lm_head_scale, data) if rewards else None,
     }
 
 
-def engine_ppo_loss_refusal():
-    """0.7.1's engine-worker ppo_loss must refuse an ERC loss mode (0005)."""
+def engine_ppo_loss_refusal(policy_loss):
+    """0.7.1's engine-worker ppo_loss must refuse a config that relies on erc_verl's extension (0005)."""
     from verl.workers.utils import losses
 
-    config = actor_config({"loss_mode": "dapo_erc"}, BSZ)
+    config = actor_config(policy_loss, BSZ)
     mask = torch.ones(2, 3, dtype=torch.bool)
     data = {
         "dp_size": 1,
@@ -195,6 +262,20 @@ def main(out):
         "paper_band_gppo": dict(policy_loss={"loss_mode": "gppo_erc"}, mini_batch=2),
         "paper_band_entropy_bonus": dict(policy_loss={"loss_mode": "dapo_erc"}, mini_batch=2, entropy_coeff=0.01),
         "vanilla_monitor": dict(policy_loss={"loss_mode": "vanilla", "entropy_ratio_monitor": True}, mini_batch=2),
+        # the authors' positive-sample NLL term (one optimizer step, so every micro-batch sees the start weights)
+        "vanilla_rewards": dict(policy_loss={"loss_mode": "vanilla"}, rewards=True),
+        "vanilla_positive_nll": dict(policy_loss={"loss_mode": "vanilla", "positive_nll_coeff": 0.1}, rewards=True),
+        # ERC cuts every token: what is left is the NLL term's gradient
+        "shut_band_positive_nll": dict(
+            policy_loss={
+                "loss_mode": "dapo_erc",
+                "entropy_ratio_low": 0.999999,
+                "entropy_ratio_high": 1.000001,
+                "positive_nll_coeff": 0.1,
+            },
+            old_entropy_scale=1.5,
+            rewards=True,
+        ),
     }
     for name, kwargs in cases.items():
         try:
@@ -203,7 +284,8 @@ def main(out):
             results["cases"][name] = {"error": f"{type(err).__name__}: {err}"}
         shown = results["cases"][name].get("metrics", results["cases"][name])
         print(f"[legacy_dp_actor_071] {name}: {shown}", flush=True)
-    results["engine_ppo_loss_refusal"] = engine_ppo_loss_refusal()
+    results["engine_ppo_loss_refusal"] = engine_ppo_loss_refusal({"loss_mode": "dapo_erc"})
+    results["engine_ppo_loss_refusal_nll"] = engine_ppo_loss_refusal({"loss_mode": "vanilla", "positive_nll_coeff": 0.1})
     torch.save(results, out)
 
 
