@@ -118,8 +118,13 @@ def build_model(name, dtype, device):
         **SHAPES[name], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, use_cache=False,
     )
     config._attn_implementation = "sdpa"
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built directly in bf16 on the device (no float32 copy of 7B)
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model

@@ -44,7 +44,8 @@ class ERCPolicyLossConfig(PolicyLossConfig):
     positive_nll_coeff: float = 0.0
 
     def __post_init__(self):
-        for name in ("entropy_ratio_low", "entropy_ratio_high", "gppo_beta_low", "gppo_beta_high", "positive_nll_coeff"):
+        numbers = ("entropy_ratio_low", "entropy_ratio_high", "gppo_beta_low", "gppo_beta_high", "positive_nll_coeff")
+        for name in numbers:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"policy_loss.{name} must be a finite number, got {value!r}")

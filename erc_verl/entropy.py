@@ -4,16 +4,20 @@
 
 ERC keeps a token's gradient only while rho = (H_cur + 1e-8) / (H_old + 1e-8) stays inside
 (0.95, 1.05), so H must be accurate to far better than 5% RELATIVE error, down to the tiny
-entropies of confident long-CoT tokens (1e-9 .. 1e-4). Both backends compute, per row, with
-d_j = (z_j - max z) / T <= 0, e_j = exp(d_j), K = number of entries at the max and the sums
-R = sum e_j, S = sum e_j d_j taken over the entries BELOW the max only:
+entropies of confident long-CoT tokens (1e-9 .. 1e-4). Per row, with d_j = (z_j - max z) / T <= 0,
+e_j = exp(d_j), K = number of entries at the max, R = sum e_j and S = sum e_j d_j over the
+entries BELOW the max (entries at the max have d = 0 and add nothing to S):
 
-    H = log K + log1p(R / K) - S / (K + R)          (every term >= 0: no cancellation)
+    H = log(K + R) - S / (K + R)        both terms >= 0: nothing cancels
 
-The textbook forms lose exactly these entropies: logsumexp(z) - sum(p z) cancels two O(|z|)
-numbers, and log(s) - sum(e d)/s with s = 1 + R in float32 rounds s to 1 once R < 6e-8.
+The textbook forms lose exactly the small entropies: logsumexp(z) - sum(p z) cancels two O(|z|)
+numbers, and log(s) with s = 1 + R summed in float32 rounds R away once R < 6e-8 (the kernel
+before issue 10: up to 5% relative error for H in [1e-9, 1e-4)). So R must survive next to K:
+  triton  accumulates K, R and S separately (online, per lane) and takes log K + log1p(R / K);
+  torch   sums e in float64 (s = K + R keeps R to ~1e-16 absolute); e, d and S stay float32.
 -inf entries (a masked vocabulary) contribute nothing (e = 0, e d = 0, never NaN); a one-hot row
 gives 0; a row with NaN / +inf, or with no finite logit, gives NaN (like the float64 formula).
+Accuracy against float64 of the same logits: benchmarks/results/entropy_accuracy_cpu.md.
 
 Backends:
   "triton"  erc_verl/entropy_triton.py: one read of each logit (online max / K / R / S per lane),
@@ -32,8 +36,8 @@ import sys
 import torch
 
 _FLT_MIN = torch.finfo(torch.float32).min
-# Elements of one float32 block temporary in the torch backend (4 MiB on CPU, 64 MiB on GPU).
-_BLOCK_ELEMS = {"cpu": 1 << 20}
+# Elements of one float32 block temporary in the torch backend (32 MiB on CPU, 64 MiB on GPU).
+_BLOCK_ELEMS = {"cpu": 1 << 23}
 _BLOCK_ELEMS_DEFAULT = 1 << 24
 _triton_module = None
 
@@ -79,33 +83,44 @@ def _row_temperatures(temperature, lead_shape, device):
     return t.expand(lead_shape).reshape(-1).contiguous()
 
 
-def _torch_block(z: torch.Tensor, inv_t: torch.Tensor) -> torch.Tensor:
-    """Entropy of the rows of a (b, V) block; inv_t float32 (1,) or (b,)."""
-    m = z.amax(dim=-1, keepdim=True)
-    d = z.to(torch.float32, copy=True)  # never write into the caller's float32 logits
-    d.sub_(m.float())  # exact for bf16 / fp16 inputs; one rounding for fp32
-    d.mul_(inv_t.unsqueeze(-1))
-    at_max = d == 0  # ties at the max; -inf rows give NaN here and stay NaN
-    k = at_max.sum(dim=-1, dtype=torch.float32)
-    d.clamp_(min=_FLT_MIN)  # -inf -> finite, so e * d = 0 * finite = 0 (NaN stays NaN)
+def _inverse(temperature, t_rows: torch.Tensor) -> torch.Tensor | None:
+    """1 / T for the torch backend; None (skip the multiply) when T is None or the number 1."""
+    if temperature is None or (isinstance(temperature, (int, float)) and float(temperature) == 1.0):
+        return None
+    return 1.0 / t_rows
+
+
+def _torch_block(z: torch.Tensor, inv_t: torch.Tensor | None) -> torch.Tensor:
+    """Entropy of the rows of a (b, V) block; inv_t float32 (1,) or (b,), None for T = 1.
+
+    With d = (z - max) / T and e = exp(d): the sum of e is accumulated in float64, so
+    s = K + R keeps R (the non-max part) to ~1e-16 absolute, and H = log(s) - sum(e d) / s has two
+    non-negative terms (max entries have d = 0 and add nothing to sum(e d)). Five passes over the
+    block: max, subtract, exp, sum, dot; no mask for the ties is needed.
+    """
+    m = z.amax(dim=-1, keepdim=True).float()
+    d = torch.sub(z, m)  # float32 (promotion), computed from the input's own values; a new tensor
+    if inv_t is not None:
+        d.mul_(inv_t.unsqueeze(-1))
     e = torch.exp(d)
-    e.masked_fill_(at_max, 0.0)  # R and S run over the entries below the max only
-    r = e.sum(dim=-1)
-    s = torch.linalg.vecdot(e, d)
-    k_safe = k.clamp(min=1.0)
-    h = torch.log(k_safe) + torch.log1p(r / k_safe) - s / (k_safe + r)
-    return torch.where(k > 0, h, torch.nan)
+    s = e.sum(dim=-1, dtype=torch.float64)  # K + R, R kept; NaN for a row without a finite max
+    ed = torch.linalg.vecdot(e, d)  # sum e d <= 0; NaN where -inf entries give 0 * -inf
+    bad = ed.isnan()
+    if bad.any():  # -inf entries (masked vocabulary): d -> finite, so e d = 0 (NaN inputs stay NaN)
+        rows = bad.nonzero().squeeze(-1)
+        ed[rows] = torch.linalg.vecdot(e[rows], d[rows].clamp(min=_FLT_MIN))
+    return (torch.log(s) - ed.double() / s).float()
 
 
-def _torch_rows(z2d: torch.Tensor, inv_t: torch.Tensor, out: torch.Tensor, block_rows: int) -> None:
+def _torch_rows(z2d: torch.Tensor, inv_t: torch.Tensor | None, out: torch.Tensor, block_rows: int) -> None:
     rows = z2d.shape[0]
     for start in range(0, rows, block_rows):
         end = min(rows, start + block_rows)
-        t = inv_t if inv_t.numel() == 1 else inv_t[start:end]
+        t = inv_t if inv_t is None or inv_t.numel() == 1 else inv_t[start:end]
         out[start:end] = _torch_block(z2d[start:end], t)
 
 
-def _torch_entropy(logits: torch.Tensor, inv_t: torch.Tensor, block_rows: int | None) -> torch.Tensor:
+def _torch_entropy(logits: torch.Tensor, inv_t: torch.Tensor | None, block_rows: int | None) -> torch.Tensor:
     lead = logits.shape[:-1]
     vocab = logits.shape[-1]
     rows = lead.numel()
@@ -125,7 +140,7 @@ def _torch_entropy(logits: torch.Tensor, inv_t: torch.Tensor, block_rows: int | 
         # leading dims, never copying the whole tensor.
         inner = lead[1:].numel()
         for i in range(logits.shape[0]):
-            t = inv_t if inv_t.numel() == 1 else inv_t[i * inner : (i + 1) * inner]
+            t = inv_t if inv_t is None or inv_t.numel() == 1 else inv_t[i * inner : (i + 1) * inner]
             out[i * inner : (i + 1) * inner] = _torch_entropy(logits[i], t, block_rows).reshape(-1)
     return out.reshape(lead)
 
@@ -147,7 +162,7 @@ def entropy_from_logits(logits: torch.Tensor, backend: str = "auto", temperature
     if backend == "triton":
         return _load_triton().entropy_rows(logits, t_rows)
     if backend == "torch":
-        return _torch_entropy(logits, 1.0 / t_rows, None)
+        return _torch_entropy(logits, _inverse(temperature, t_rows), None)
     raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
 
 
@@ -156,4 +171,4 @@ def entropy_from_logits_blockwise(logits: torch.Tensor, block_rows: int | None =
     """The torch backend with an explicit row-block size (kept for benchmarks/entropy_memory.py)."""
     logits = logits.detach()
     t_rows = _row_temperatures(temperature, logits.shape[:-1], logits.device)
-    return _torch_entropy(logits, 1.0 / t_rows, block_rows)
+    return _torch_entropy(logits, _inverse(temperature, t_rows), block_rows)

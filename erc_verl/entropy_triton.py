@@ -26,9 +26,19 @@ import triton.language as tl
 
 @triton.jit
 def _log1p(x):
-    # log1p without libdevice (also runs in the interpreter): Goldberg's correction, a few ulps.
-    u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+    # log1p for x >= 0 without libdevice (the interpreter runs it too) and without trusting log()
+    # near 1, where a fast GPU log (lg2.approx: ~2^-22 ABSOLUTE error) would swamp a small x.
+    # x < 0.1: Taylor series to x^9 (truncation < 1e-10 relative); else log(1 + x) >= 0.095.
+    p = 1.0 / 9.0
+    p = 1.0 / 8.0 - x * p
+    p = 1.0 / 7.0 - x * p
+    p = 1.0 / 6.0 - x * p
+    p = 1.0 / 5.0 - x * p
+    p = 1.0 / 4.0 - x * p
+    p = 1.0 / 3.0 - x * p
+    p = 1.0 / 2.0 - x * p
+    p = 1.0 - x * p
+    return tl.where(x < 0.1, x * p, tl.log(1.0 + x))
 
 
 @triton.jit
@@ -86,7 +96,7 @@ def _entropy_rows_kernel(
     R = tl.sum(tl.where(at_max, r, tl.where(filled, c * rk, 0.0)), axis=0)
     S = tl.sum(tl.where(at_max, s, tl.where(filled, c * (s + delta * rk), 0.0)), axis=0)
     K_safe = tl.maximum(K, 1.0)
-    h = tl.log(K_safe) + _log1p(R / K_safe) - S / (K_safe + R)
+    h = tl.where(K_safe == 1.0, 0.0, tl.log(K_safe)) + _log1p(R / K_safe) - S / (K_safe + R)
     h = tl.where((tl.max(bad, axis=0) > 0) | (K == 0), float("nan"), h)
     tl.store(out_ptr + row, h)
 

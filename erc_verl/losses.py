@@ -1,6 +1,6 @@
 """The formulas: the entropy-ratio gate, the GPPO base loss, and ERC around any base loss.
 
-This module is the single source of truth for every ERC formula (erc-spec.md sections 2-3).
+This module is the single source of truth for every ERC formula (docs/algorithm.md, "The token-level rule" and "Base losses").
 It knows verl's policy-loss calling convention and nothing of verl's workers.
 """
 

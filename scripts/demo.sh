@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# ERC end to end on CPU in a few minutes: a tiny Qwen2 built locally, warmed up on arithmetic,
-# then trained with GRPO through verl's engine actor, once with the vanilla PPO-clip baseline
-# and once with dapo_erc, from the same seed. Writes runs/demo/{metrics.jsonl,demo.png,summary.md}.
-#   bash scripts/demo.sh                       # defaults (about 3-5 minutes on 2 cores)
+# ERC end to end on CPU, through verl's own trainer: a tiny Qwen2 built locally and warmed up on
+# addition, then trained with GRPO by `python -m verl.trainer.main_ppo` (CPU rollout backend `hf`),
+# once with the DAPO baseline `vanilla` (ERC monitor on) and once with `dapo_erc`, from the same
+# warm start and seed. Figure, summary and self-checks come from verl's file logs; the ERC gate
+# check is a gradient check inside verl's actor worker. Writes runs/demo/{demo.png,summary.md,checks.json}
+# and one run folder per mode. See docs/demo.md.
+#   bash scripts/demo.sh                       # defaults (about 5 minutes on 2 cores after install)
 #   bash scripts/demo.sh --steps 10 --strict   # any `erc-verl demo --help` option
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -130,7 +130,7 @@ if [[ -n "$VAL_ONLY" ]]; then
     trainer.val_only=true
     trainer.resume_mode=resume_path
     "trainer.resume_from_path=$VAL_ONLY"
-    # erc-spec.md section 5: validation responses up to 32768 tokens.
+    # docs/algorithm.md, "The paper's runs": validation responses up to 32768 tokens.
     data.max_response_length=32768
   )
 fi
@@ -156,6 +156,8 @@ case ",${VERL_USE_EXTERNAL_MODULES:-}," in
   *) export VERL_USE_EXTERNAL_MODULES="$VERL_USE_EXTERNAL_MODULES,erc_verl" ;;
 esac
 export VERL_FILE_LOGGER_PATH="$FILE_LOG"
+# The TaskRunner (a Ray actor) is the process that logs to wandb: forward WANDB_MODE to it.
+[[ -n "${WANDB_MODE:-}" ]] && OVERRIDES+=("++ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE=$WANDB_MODE")
 [[ -n "${RAY_ADDRESS:-}" ]] && export RAY_ADDRESS
 
 # The project's .venv when there is one (scripts/setup_venv.sh), so the documented commands work
@@ -183,6 +185,7 @@ if [[ "$WANDB_IN_LOGGER" -eq 1 ]]; then
     echo "# wandb: $WANDB_MODE (WANDB_MODE=$WANDB_MODE); sync later with 'wandb sync'"
   elif [[ -n "${WANDB_API_KEY:-}" ]]; then
     echo "# wandb: online (WANDB_API_KEY is set), project erc-verl, run $EXPERIMENT"
+    [[ -n "${RAY_ADDRESS:-}" ]] && echo "#        (on an existing Ray cluster the key must be in the environment of 'ray start' on the head node, or the node logged in)"
   else
     echo "# wandb: online only if this machine is logged in ('wandb login'); WANDB_API_KEY is not set."
     echo "#        For no network: WANDB_MODE=offline scripts/launch.sh ... (or trainer.logger=[console,file])."

@@ -249,6 +249,10 @@ def test_prepare_data_failing_write_leaves_nothing(capsys, tmp_path, monkeypatch
     assert rc == 2 and "No space left on device" in line and "nothing written" in line
     assert sorted(p.name for p in out_dir.iterdir()) == ["aime2024.parquet"]
     assert (out_dir / "aime2024.parquet").read_text() == "an older file stays as it was"
+    # The fix it names: another --out.
+    monkeypatch.setattr(data, "write_parquet", real)
+    rc, _, _ = erc_verl(capsys, "prepare-data", "--out", tmp_path / "elsewhere", "--sets", "aime2024,aime2025")
+    assert rc == 0 and len(list((tmp_path / "elsewhere").glob("*.parquet"))) == 2
 
 
 # ---- erc-verl table / plot --------------------------------------------------------------------
@@ -394,3 +398,15 @@ def test_prepare_data_parquet_written_is_readable(capsys, tmp_path):
     rc, _, _ = erc_verl(capsys, "prepare-data", "--out", tmp_path, "--sets", "aime2025")
     assert rc == 0 and len(pd.read_parquet(tmp_path / "aime2025.parquet")) == 30
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_missing_current_entropy_hint_is_a_valid_override(capsys):
+    """The plumbing's message for an engine without erc_verl's entropy suggests
+    actor_rollout_ref.actor.calculate_entropy=true: verl's config accepts it on an ERC recipe."""
+    from erc_verl.integration.verl_0_9_1 import _missing_entropy_error
+    from omegaconf import OmegaConf
+
+    message = str(_missing_entropy_error("current", OmegaConf.create({"policy_loss": {"loss_mode": "dapo_erc"}})))
+    fix = "actor_rollout_ref.actor.calculate_entropy=true"
+    assert fix in message
+    check_passes(capsys, fix)

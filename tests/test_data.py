@@ -8,9 +8,17 @@ import pandas as pd
 import pytest
 
 from erc_verl.repro import data
+from erc_verl.repro.cli import main as cli
 
 FIX = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# sha256 of the packaged AIME files, recorded when they were checked byte for byte against the
+# copies the project was given (30 problems each, already in verl's row layout). A changed
+# asset fails here; the content checks below say what a valid replacement must satisfy.
+AIME_SHA256 = {
+    "aime2024": "f8d01be947b8b567f6940db5939a9147f89b2b3f7d205accc50bd49c1c33813d",
+    "aime2025": "161dc96785454b757db1ff6b50c3db3d7f63bb1fc09eaa50b7d5d33ff03641b5",
+}
 
 FIXTURE_FILES = {
     "klear_mathsub_30k": FIX / "klear_mathsub.json",
@@ -62,18 +70,30 @@ def test_all_sets_written_in_verl_layout_with_their_own_data_source(tmp_path, ca
     assert len(val_line.split("=", 1)[1].split(",")) == 5
 
 
-def test_packaged_aime_matches_the_shared_jsonl(tmp_path):
-    assert run(["--out", str(tmp_path), "--sets", "aime2024,aime2025"]) == 0
+def test_packaged_aime_files_are_the_recorded_ones():
+    import hashlib
+
+    for name, digest in AIME_SHA256.items():
+        assert hashlib.sha256((data.ASSETS / f"{name}.jsonl").read_bytes()).hexdigest() == digest, name
+
+
+def test_packaged_aime_converts_unchanged(tmp_path):
+    assert run(["--out", str(tmp_path), "--sets", "aime2024,aime2025", "--strict"]) == 0
+    questions = set()
     for name in ("aime2024", "aime2025"):
         rows = read(tmp_path / f"{name}.parquet")
-        source = SHARED / f"{name}.jsonl"
-        if not source.exists():  # outside this workspace: compare with the packaged copy
-            source = data.ASSETS / f"{name}.jsonl"
-        original = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        lines = (data.ASSETS / f"{name}.jsonl").read_text().splitlines()
+        original = [json.loads(line) for line in lines if line.strip()]
         assert len(rows) == len(original) == 30
         # Raw question and answer carried over unchanged; only data_source is per benchmark now.
         assert [r["prompt"][0]["content"] for r in rows] == [o["prompt"][0]["content"] for o in original]
         assert [r["reward_model"]["ground_truth"] for r in rows] == [o["reward_model"]["ground_truth"] for o in original]
+        for row in rows:
+            assert_verl_row(row, name)
+            # AIME answers are integers 0..999.
+            assert row["reward_model"]["ground_truth"].isdigit() and 0 <= int(row["reward_model"]["ground_truth"]) <= 999
+        questions |= {r["prompt"][0]["content"] for r in rows}
+    assert len(questions) == 60  # no problem twice, none shared between the years
 
 
 def test_raw_question_is_the_only_turn(tmp_path):
@@ -95,8 +115,8 @@ def test_malformed_rows_are_counted_per_reason_not_dropped_silently(tmp_path, ca
 
 
 def test_strict_makes_a_malformed_row_an_error_and_writes_nothing(tmp_path, capsys):
-    rc = run(["--out", str(tmp_path), "--sets", "amc23", "--strict", *file_args()])
-    assert rc == 1
+    rc = cli(["prepare-data", "--out", str(tmp_path), "--sets", "amc23", "--strict", *file_args()])
+    assert rc == 2
     err = capsys.readouterr().err
     assert "amc23: 2 malformed" in err and "missing answer" in err
     assert not (tmp_path / "amc23.parquet").exists()
@@ -112,7 +132,7 @@ def test_float_answers_become_canonical_strings(tmp_path):
 def test_wrong_file_names_the_expected_fields(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "hi", "label": 1}) + "\n")
-    assert run(["--out", str(tmp_path), "--sets", "math500", "--file", f"math500={bad}"]) == 1
+    assert cli(["prepare-data", "--out", str(tmp_path), "--sets", "math500", "--file", f"math500={bad}"]) == 2
     err = capsys.readouterr().err
     assert "['problem', 'question', 'prompt']" in err and "['answer', 'ground_truth']" in err
     assert "['label', 'text']" in err
@@ -152,6 +172,7 @@ def test_hub_is_used_without_a_file(tmp_path, monkeypatch):
         return [{"problem": "Q?", "answer": "1"}]
 
     monkeypatch.setattr(data, "read_hub", fake_hub)
+    monkeypatch.setattr(data, "hub_unavailable", lambda: None)  # as if the Hub answered
     assert run(["--out", str(tmp_path), "--sets", "math500"]) == 0
     assert asked == [("HuggingFaceH4/MATH-500", "test")]
 
@@ -164,7 +185,8 @@ def test_long_inputs_show_a_progress_bar(tmp_path, capsys):
     assert "math500" in err and "3000/3000" in err
 
 
-def test_bad_arguments():
+def test_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         run(["--file", "nope=/x"])
-    assert run(["--sets", "aime2030"]) == 2
+    assert cli(["prepare-data", "--sets", "aime2030"]) == 2
+    assert "unknown set(s) aime2030" in capsys.readouterr().err

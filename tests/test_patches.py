@@ -341,10 +341,13 @@ def test_legacy_fsdp_actor_of_071_runs_erc_from_the_patched_tree(tmp_path):
     assert cases["paper_band_entropy_bonus"]["entropy_grad_modes"] == [False] * 4
     assert cases["paper_band_entropy_bonus"]["verl_entropy_grad_modes"] == [True] * 4
     assert vanilla["entropy_grad_modes"] == vanilla["verl_entropy_grad_modes"] == []
-    # the old-log-prob pass's entropy comes from the same function, under no_grad
+    # the old-log-prob pass's entropy comes from the same function, under no_grad, where the loss
+    # wants the entropy; elsewhere verl's own, as in the release
     for name, case in cases.items():
-        assert case["old_pass_entropy_modes"]["verl"] == [], name
-        assert case["old_pass_entropy_modes"]["erc"] and not any(case["old_pass_entropy_modes"]["erc"]), name
+        wants = name not in ("vanilla", "vanilla_rewards", "vanilla_positive_nll")
+        used, unused = ("erc", "verl") if wants else ("verl", "erc")
+        assert case["old_pass_entropy_modes"][unused] == [], name
+        assert case["old_pass_entropy_modes"][used] and not any(case["old_pass_entropy_modes"][used]), name
 
     # the authors' positive-sample NLL term: per micro-batch value and gradient against the reference
     plain, nll, shut_nll = cases["vanilla_rewards"], cases["vanilla_positive_nll"], cases["shut_band_positive_nll"]
@@ -365,6 +368,8 @@ def test_legacy_fsdp_actor_of_071_runs_erc_from_the_patched_tree(tmp_path):
 
 @pytest.mark.slow
 def test_engine_091_patched_path_matches_runtime_path(tmp_path):
+    import torch
+
     runtime_python = os.environ.get("ERC_VERL_PYTHON", sys.executable)
     models = (tmp_path / "base", tmp_path / "peaked")
     run_script(runtime_python, "engine_091.py", "make-models", *models)
@@ -393,7 +398,8 @@ def test_engine_091_patched_path_matches_runtime_path(tmp_path):
     assert flags("dapo_erc") == {"calculate_entropy": False, "policy_loss_entropy": True}
     assert flags("vanilla_monitor") == {"calculate_entropy": False, "policy_loss_entropy": True}
     assert flags("dapo_erc_entropy_bonus") == {"calculate_entropy": True, "policy_loss_entropy": True}
-    assert flags("vanilla") == flags("vanilla_positive_nll") == {"calculate_entropy": False, "policy_loss_entropy": False}
+    no_entropy = {"calculate_entropy": False, "policy_loss_entropy": False}
+    assert flags("vanilla") == flags("vanilla_positive_nll") == no_entropy
     # and the patched FSDP engine computes the gate's entropy with erc_verl's function, without a
     # graph; verl's own (with its graph) only for the entropy bonus
     for side in (patched, runtime):
@@ -403,5 +409,11 @@ def test_engine_091_patched_path_matches_runtime_path(tmp_path):
         assert side["cases"]["dapo_erc_entropy_bonus"]["verl_entropy_grad_modes"] == [True] * 4
     for name in ("vanilla_positive_nll", "dapo_erc_positive_nll"):
         assert patched["cases"][name]["metrics"]["actor/positive_nll"] > 0, name
+    # the old-log-prob pass gets the same request, so H_old comes from the same function
+    for name, case in patched["cases"].items():
+        assert case["old_pass_flags"] == {
+            "calculate_entropy": True,
+            "policy_loss_entropy": case["trainer_flags"]["policy_loss_entropy"],
+        }, name
     assert "actor/erc_keep_frac" in patched["cases"]["dapo_erc"]["metrics"]
     assert 0.0 < patched["cases"]["dapo_erc"]["metrics"]["actor/erc_keep_frac"] < 1.0

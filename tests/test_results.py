@@ -8,6 +8,7 @@ import pytest
 from verl.utils.tracking import FileLogger
 
 from erc_verl.repro import results
+from erc_verl.repro.errors import UserError
 
 BENCHMARKS = ("aime2024", "aime2025", "math500")
 
@@ -120,10 +121,10 @@ def test_no_validation_metrics_is_an_error(tmp_path, monkeypatch, capsys):
     logger = FileLogger("p", "x")
     logger.log(data={"actor/entropy": 1.0}, step=1)
     logger.finish()
-    rc, out = table([str(log)], capsys)
-    assert rc == 1 and "no validation metrics" in out.err
-    rc, out = table([str(tmp_path / "missing")], capsys)
-    assert rc == 1 and "no such" in out.err
+    with pytest.raises(UserError, match="no validation metrics"):
+        table([str(log)], capsys)
+    with pytest.raises(UserError, match="no such log file or folder"):
+        table([str(tmp_path / "missing")], capsys)
 
 
 def test_truncated_last_line_is_reported_and_skipped(tmp_path, monkeypatch, capsys):
@@ -132,7 +133,7 @@ def test_truncated_last_line_is_reported_and_skipped(tmp_path, monkeypatch, caps
     with open(log, "a") as f:
         f.write('{"step": 31, "data": {"actor/entr')
     run = results.load_run(log)
-    assert "skipped unreadable line" in capsys.readouterr().err
+    assert "skipped 1 unreadable line(s) (line 32 first" in capsys.readouterr().err
     assert run.val_scores() == val
 
 

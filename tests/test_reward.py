@@ -1,4 +1,4 @@
-"""erc_verl.repro.reward: the paper's long-CoT math reward (erc-spec.md section 5)."""
+"""erc_verl.repro.reward: the paper's long-CoT math reward (docs/algorithm.md, "The paper's runs")."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor

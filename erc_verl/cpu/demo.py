@@ -217,6 +217,7 @@ def demo_overrides(args, mode: str, audit_path: Path) -> list[str]:
     low, high = args.band
     mini = args.prompts_per_step // args.updates_per_batch
     return [
+        f"hydra.run.dir={_quote(Path(audit_path).parent / 'hydra')}",  # not ./outputs/DATE/TIME
         f"data.train_batch_size={args.prompts_per_step}",
         f"data.gen_batch_size={args.prompts_per_step}",
         f"{R}.n={args.responses_per_prompt}",
@@ -260,7 +261,7 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
     recipe = MODES[mode][0]
     # build_smoke replaces OUT/RECIPE (verl resumes from a checkpoint it finds there).
     probe_dir = out / recipe
-    audit_path = (probe_dir / "gate_audit.jsonl").resolve()
+    audit_path = (probe_dir / "gate_audit.ndjson").resolve()
     plan = smoke.build_smoke(recipe, out, demo_overrides(args, mode, audit_path), steps=args.steps, spec=spec,
                              log=lambda *a, **k: None)
     audit_path.unlink(missing_ok=True)
@@ -456,7 +457,7 @@ def write_summary(path: Path, args, modes, runs, checks, warm, total_s) -> str:
         f"{args.temperature}, {args.updates_per_batch} mini-batches of {mini * args.responses_per_prompt} sequences per "
         f"step (all but the first off-policy), lr {args.lr}, seed {args.seed}, ERC band ({args.band[0]}, {args.band[1]}). "
         "Every number below is read from verl's file log (`logs/metrics-*.jsonl` in each run folder), except the "
-        "gate audit's token counts (`gate_audit.jsonl`, written by the spy in verl's actor worker). Baselines run "
+        "gate audit's token counts (`gate_audit.ndjson`, written by the spy in verl's actor worker). Baselines run "
         "with `entropy_ratio_monitor` on: their keep fraction is what ERC *would* keep; their gradient is untouched.",
         "",
         summary_table(args, modes, runs),
@@ -509,12 +510,17 @@ def main(args) -> int:
     runs = {}
     for mode in modes:
         runs[mode] = run_mode(args, mode, out, spec, log)
+        if runs[mode]["rc"] != 0:
+            log(f"[demo] {mode}: main_ppo failed; the end of {runs[mode]['log_path']}:")
+            log(_log_tail(runs[mode]["log_path"]))
+            break
+    ran = [m for m in modes if m in runs]
 
-    checks = self_checks(args, modes, runs)
+    checks = self_checks(args, ran, runs)
     if not args.no_plot:
-        plot(out / "demo.png", modes, runs)
+        plot(out / "demo.png", ran, runs)
     total = time.time() - t_start
-    text = write_summary(out / "summary.md", args, modes, runs, checks, warm, total)
+    text = write_summary(out / "summary.md", args, ran, runs, checks, warm, total)
     (out / "checks.json").write_text(json.dumps(checks, indent=2))
     log("")
     log(text)
@@ -523,7 +529,20 @@ def main(args) -> int:
     log(f"[demo] summary: {out / 'summary.md'}")
     failed = [c["name"] for c in checks if c["gating"] and not c["ok"]]
     log(f"[demo] self-checks: {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
+    if len(ran) < len(modes) or any(runs[m]["rc"] != 0 for m in ran):
+        log(f"[demo] not run: {', '.join(m for m in modes if m not in ran) or 'none'}; a main_ppo run failed (see above)")
+        return 1  # a run that did not finish is an error with or without --strict
     return 1 if failed and args.strict else 0
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    """The end of a main_ppo log, without Ray's and verl's warning noise."""
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    keep = [line for line in text if "Warning" not in line and "WARNING" not in line]
+    return "\n".join(keep[-lines:])
 
 
 def demo_main(args) -> int:

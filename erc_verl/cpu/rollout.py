@@ -438,5 +438,5 @@ class HFServerAdapter(BaseRollout):
                 named[name] = tensor.detach().to("cpu", copy=True).contiguous()
         if not self.is_leader:
             return None
-        ref = ray.put(named)
-        return await self._server_handle().load_weights.remote(ref, kwargs.get("global_steps"))
+        # Ray moves the tensors through its object store (no GPU, no IPC handles, no NCCL).
+        return await self._server_handle().load_weights.remote(named, kwargs.get("global_steps"))

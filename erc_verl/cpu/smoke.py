@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = ROOT / "recipes"
 DEFAULT_OUT = Path("runs") / "smoke"
+POLL_S = "0.2"
 
 # --- the tiny model and its task ------------------------------------------------------------
 
@@ -163,7 +164,8 @@ def build_model(model_dir: Path, spec: ModelSpec = ModelSpec(), log=print) -> di
     info = {"sft_steps": spec.sft_steps, "sft_final_loss": float(loss.item()) if loss is not None else None,
             "sft_s": round(time.time() - t0, 1)}
     (model_dir / "erc_verl_smoke.json").write_text(json.dumps({"spec": spec.__dict__, **info}, indent=1))
-    log(f"[smoke] tiny Qwen2 warmed up: {spec.sft_steps} SFT steps, loss {info['sft_final_loss']:.3f}, {info['sft_s']}s")
+    loss_text = f"{info['sft_final_loss']:.3f}" if info["sft_final_loss"] is not None else "-"
+    log(f"[smoke] tiny Qwen2 warmed up: {spec.sft_steps} SFT steps, loss {loss_text}, {info['sft_s']}s")
     return info
 
 
@@ -219,6 +221,7 @@ def smoke_overrides(model_dir: Path, data: dict, run_dir: Path, file_log: Path, 
         ("data.train_batch_size=8", "small batch"),
         ("data.gen_batch_size=8", "small batch (V1 with filter_groups uses 1 anyway)"),
         ("data.dataloader_num_workers=0", "2-core machine"),
+        ("reward.num_workers=1", "2-core machine (each reward worker is a process)"),
         ("actor_rollout_ref.model.enable_gradient_checkpointing=false", "tiny model"),
         ("+actor_rollout_ref.model.override_config.attn_implementation=sdpa", "CPU attention"),
         # rollout
@@ -262,6 +265,7 @@ def smoke_overrides(model_dir: Path, data: dict, run_dir: Path, file_log: Path, 
         ("transfer_queue.backend.SimpleStorage.num_data_storage_units=1", "each unit holds a Ray CPU"),
         (f"++{env}.VERL_PLATFORM=cpu", "CPU platform in every worker"),
         (f"++{env}.VERL_FILE_LOGGER_PATH={file_log}", "file log in the run folder"),
+        (f"++{env}.ERC_VERL_REPLAY_POLL_S='{POLL_S}'", "replay buffer polls every 0.2 s, not 2 s (steps are short)"),
     ]
 
 
@@ -279,8 +283,9 @@ class SmokePlan:
         lines = [f"# smoke run of recipes/{self.recipe}.yaml through verl's main_ppo on CPU",
                  f"# run folder: {self.run_dir} (metrics: {self.file_log})",
                  "# overrides (everything else is the recipe's):"]
-        width = max(len(o) for o, _ in self.overrides) if self.overrides else 0
-        lines += [f"#   {o.ljust(width)}  # {why}" for o, why in self.overrides]
+        width = min(64, max((len(o) for o, _ in self.overrides), default=0))
+        for o, why in self.overrides:
+            lines.append(f"#   {o.ljust(width)}  # {why}" if len(o) <= width else f"#   {o}\n#   {'':{width}}  # {why}")
         if self.extra:
             lines.append("# your overrides (applied last):")
             lines += [f"#   {o}" for o in self.extra]
@@ -332,6 +337,7 @@ def build_smoke(
         VERL_USE_EXTERNAL_MODULES=",".join(external),
         VERL_FILE_LOGGER_PATH=str(file_log),
         TOKENIZERS_PARALLELISM="false",
+        ERC_VERL_REPLAY_POLL_S=POLL_S,
         RAY_DEDUP_LOGS="0",
         # the recipe's ${oc.env:...} values, should a user-level default be read before ours
         PYTHONUNBUFFERED="1",

@@ -13,7 +13,8 @@ RuntimeError that says what happened and how to change the limit:
     otherwise                                             -> ERC_VERL_MAX_FILTERED_BATCHES
                                                              (default 20) * train_batch_size
 Installed at plugin load, applied after verl imports the V1 trainer module; it changes nothing
-else (which groups are kept, refill sizes, metrics).
+else (which groups are kept, refill sizes, metrics). ERC_VERL_REPLAY_POLL_S, when set, replaces
+the buffer's 2 s poll interval (the CPU smoke run sets 0.2).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def _patch_trainer_base(module) -> None:
     @functools.wraps(original)
     def _build_replay_buffer(self):
         buffer = original(self)
+        poll = os.environ.get("ERC_VERL_REPLAY_POLL_S", "").strip()
+        if poll and hasattr(buffer, "poll_interval"):
+            # verl polls TransferQueue every 2 s while a batch fills (ReplayBuffer.poll_interval,
+            # not in the config); the CPU smoke run's steps take less than that.
+            buffer.poll_interval = float(poll)
         if getattr(buffer, "filter_groups_metric", None) is None:
             return buffer
         limit, source = filtered_group_limit(self.config)

@@ -48,7 +48,8 @@ class ERCPolicyLossExtension:
         if monitor_enabled(policy_loss_config):
             log_prob = inputs["log_prob"]
             mode = policy_loss_config.get("loss_mode", "vanilla")
-            require_entropies(f"{mode} with entropy_ratio_monitor", inputs.get("entropy"), inputs.get("old_entropy"), log_prob)
+            entropy, old_entropy = inputs.get("entropy"), inputs.get("old_entropy")
+            require_entropies(f"{mode} with entropy_ratio_monitor", entropy, old_entropy, log_prob)
             low, high = erc_band(actor_config)
             ratio = entropy_ratio(inputs["entropy"], inputs["old_entropy"])
             metrics.update(

@@ -209,6 +209,9 @@ def _check_model_keys(cfg, model_path: str | None):
 # --- what verl rejects later, on the cluster --------------------------------------------------
 
 
+_VERL_DEFAULTS = None
+
+
 def _verl_defaults():
     """verl 0.9.1's own ppo_trainer config, resolved (the types its code expects), cached."""
     global _VERL_DEFAULTS
@@ -223,8 +226,6 @@ def _verl_defaults():
         _VERL_DEFAULTS = OmegaConf.to_container(base, resolve=False)
     return _VERL_DEFAULTS
 
-
-_VERL_DEFAULTS = None
 
 
 def _type_problems(values, defaults, prefix=""):
@@ -285,7 +286,7 @@ def check_model_path(path: str, key: str = "actor_rollout_ref.model.path") -> No
         raise RecipeError(key, f"{path} has no config.json; fix: pass the Hugging Face model folder itself")
 
 
-def check_cluster(cfg, use_ref: bool) -> None:
+def check_cluster(cfg, use_ref: bool, check_paths: bool = False) -> None:
     """What verl 0.9.1 rejects only after Ray has started, with verl's own rules.
 
     - world size = trainer.nnodes * trainer.n_gpus_per_node (validate_config's n_gpus);
@@ -302,7 +303,9 @@ def check_cluster(cfg, use_ref: bool) -> None:
       (utils/seqlen_balancing.py rearrange_micro_batches asserts it), for the update and for the
       log-prob passes;
     - trainer.use_v1=false with dynamic sampling runs another experiment (the v0 trainer has no
-      filter_groups); the trainer refuses it too (erc_verl.integration.verl_0_9_1).
+      filter_groups); the trainer refuses it too (erc_verl.integration.verl_0_9_1);
+    - with check_paths (what `erc-verl check` does on the machine it runs on): a model path the
+      user set, other than the placeholder, is an existing local folder with a config.json.
     """
     from omegaconf import OmegaConf
 
@@ -351,6 +354,10 @@ def check_cluster(cfg, use_ref: bool) -> None:
             f"fix: a tensor_model_parallel_size that divides {world}",
         )
 
+    model_path = get("actor_rollout_ref.model.path")
+    if check_paths and isinstance(model_path, str) and model_path != PLACEHOLDER_MODEL:
+        check_model_path(model_path)
+
     dp = world // sp
     n = get(f"{rollout}.n", 1)
     mini = get("actor_rollout_ref.actor.ppo_mini_batch_size")
@@ -378,12 +385,8 @@ def check_cluster(cfg, use_ref: bool) -> None:
                 f"response; fix: -o {key}={need} or more",
             )
 
-    model_path = get("actor_rollout_ref.model.path")
-    if isinstance(model_path, str) and model_path != PLACEHOLDER_MODEL:
-        check_model_path(model_path)
 
-
-def check_config(cfg, model_path: str | None = None) -> dict:
+def check_config(cfg, model_path: str | None = None, check_paths: bool = False) -> dict:
     """Run checks 2-7 on a composed config; raise RecipeError on the first failure.
 
     Returns a summary of what the run will do (for the OK line).
@@ -448,7 +451,7 @@ def check_config(cfg, model_path: str | None = None) -> dict:
         raise RecipeError(offending_key(exc, "reward.reward_manager", cfg), _message(exc)) from exc
 
     # 5. what verl rejects later, on the cluster
-    check_cluster(cfg, use_ref)
+    check_cluster(cfg, use_ref, check_paths)
 
     # 6. what main_ppo validates before starting Ray
     from verl.utils.config import validate_config
@@ -507,7 +510,7 @@ def check_recipe(config_dir: Path, name: str, overrides=(), model_path: str | No
         cfg = compose_recipe(config_dir, name, [*PLACEHOLDER_OVERRIDES, *overrides])
     except Exception as exc:
         raise RecipeError(_compose_key(exc), _message(exc)) from exc
-    return check_config(cfg, model_path)
+    return check_config(cfg, model_path, check_paths=True)
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Long-CoT math reward of the paper's runs (erc-spec.md section 5), as verl's custom reward.
+"""Long-CoT math reward of the paper's runs (docs/algorithm.md, "The paper's runs"), as verl's custom reward.
 
     score = +1   the answer after the last `</think>` is equivalent to the gold answer
             -1   it is not (or cannot be parsed, or checking it timed out)
@@ -29,7 +29,7 @@ import threading
 
 THINK_CLOSE = "</think>"
 
-# Score values of the paper's reward (erc-spec.md section 5).
+# Score values of the paper's reward (docs/algorithm.md, "The paper's runs").
 SCORE_CORRECT = 1.0
 SCORE_WRONG = -1.0
 SCORE_UNCLOSED_THINK = -0.5

@@ -91,6 +91,44 @@ def patched_trainer_flags(cfg, batch) -> dict:
     return seen["v1"]
 
 
+def patched_old_pass_flags(cfg, batch) -> dict:
+    """The flags the patched V1 and v0 trainers send with the old-log-prob pass (they must agree)."""
+    from verl import DataProto
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils import tensordict_utils as tu
+
+    keys = ("calculate_entropy", "policy_loss_entropy")
+    seen = {}
+
+    class Sent(Exception):
+        """Stops the trainer once it has handed the batch to the worker group."""
+
+    class V1WorkerGroup:
+        def compute_log_prob(self, kv_batch):
+            seen["v1"] = {k: kv_batch.extra_info[k] for k in keys}
+            raise Sent
+
+    class V0WorkerGroup:
+        def compute_log_prob(self, batch_td):
+            seen["v0"] = {k: tu.get_non_tensor_data(batch_td, k, None) for k in keys}
+            raise Sent
+
+    stub = types.SimpleNamespace(config=cfg, actor_rollout_wg=V1WorkerGroup())
+    for call, group in (
+        (lambda: PPOTrainer._compute_old_log_prob(stub, types.SimpleNamespace(extra_info={}), {}), V1WorkerGroup()),
+        (lambda: RayPPOTrainer._compute_old_log_prob(stub, DataProto(batch=batch.clone(), meta_info={})), V0WorkerGroup()),
+    ):
+        stub.actor_rollout_wg = group
+        try:
+            call()
+        except Sent:
+            pass
+    if seen["v0"] != seen["v1"]:
+        raise AssertionError(f"patched trainers disagree on the old-log-prob pass: {seen}")
+    return seen["v1"]
+
+
 def rm_scores(batch):
     mask = batch["response_mask"]
     scores = torch.zeros(mask.shape, dtype=torch.float32)
@@ -110,18 +148,24 @@ def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
     )
     cfg = engine_cpu.actor_config_dict(model_dir, **settings)
     worker = engine_cpu.build_actor_worker(model_dir, **settings)
-    flags = {}
+    flags, old_flags = {}, {}
     if erc_verl.PLUMBING == "patched":
         from verl.utils import tensordict_utils as tu
 
         flags = patched_trainer_flags(cfg, batch)
-        train_mini_batch = worker.train_mini_batch
+        old_flags = patched_old_pass_flags(cfg, batch)
+        train_mini_batch, infer_batch = worker.train_mini_batch, worker.infer_batch
 
         def train_with_trainer_flags(data):
             tu.assign_non_tensor(data, **flags)
             return train_mini_batch(data)
 
+        def infer_with_trainer_flags(data, *args, **kwargs):
+            tu.assign_non_tensor(data, **old_flags)
+            return infer_batch(data, *args, **kwargs)
+
         worker.train_mini_batch = train_with_trainer_flags
+        worker.infer_batch = infer_with_trainer_flags
 
     old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0)
 
@@ -162,6 +206,7 @@ def run_case(model_dir, policy_loss, options, batch, advantages) -> dict:
         "entropy_grad_modes": grad_modes,
         "verl_entropy_grad_modes": verl_grad_modes,
         "trainer_flags": flags,
+        "old_pass_flags": old_flags,
         "old_entropy": old_entropy,
     }
 

@@ -285,7 +285,8 @@ def main(out):
         shown = results["cases"][name].get("metrics", results["cases"][name])
         print(f"[legacy_dp_actor_071] {name}: {shown}", flush=True)
     results["engine_ppo_loss_refusal"] = engine_ppo_loss_refusal({"loss_mode": "dapo_erc"})
-    results["engine_ppo_loss_refusal_nll"] = engine_ppo_loss_refusal({"loss_mode": "vanilla", "positive_nll_coeff": 0.1})
+    nll_only = {"loss_mode": "vanilla", "positive_nll_coeff": 0.1}
+    results["engine_ppo_loss_refusal_nll"] = engine_ppo_loss_refusal(nll_only)
     torch.save(results, out)
 
 

@@ -1,0 +1,60 @@
+"""`scripts/launch.sh --smoke`: a recipe end to end through verl's own main_ppo on CPU.
+
+One ERC recipe and one baseline run as they would on a cluster (V1 trainer, dynamic sampling on
+`acc`, the paper's reward, validation, checkpoint, file logger), with the CPU overrides of
+erc_verl/cpu/smoke.py. Everything is asserted from verl's file log and the run folder.
+A few minutes each on 2 cores; marked slow.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from erc_verl.cpu.smoke import build_smoke, read_file_log, run_main_ppo
+
+pytestmark = pytest.mark.slow
+
+TRAIN_KEYS = ("actor/entropy_ratio_mean", "critic/score/mean", "timing_s/gen", "timing_s/update_actor")
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke")  # shared: the tiny model is built once
+
+
+@pytest.mark.parametrize("recipe", ["dapo_erc_qwen1.5b", "dapo_qwen1.5b"])
+def test_smoke_run(recipe, out_dir):
+    plan = build_smoke(recipe, out_dir, log=lambda *_: None)
+    log_path = out_dir / f"{recipe}.log"
+    rc = run_main_ppo(plan, timeout=1200, capture=log_path)
+    assert rc == 0, log_path.read_text()[-6000:]
+
+    steps = read_file_log(plan.file_log)
+    train = sorted(s for s, m in steps.items() if "timing_s/update_actor" in m)
+    assert train == [1, 2, 3], sorted(steps)
+    keep = [steps[s]["actor/erc_keep_frac"] for s in train]
+    assert all(0.0 < k <= 1.0 for k in keep), keep
+    assert any(k < 1.0 for k in keep), keep
+    for s in train:
+        missing = [k for k in TRAIN_KEYS if k not in steps[s]]
+        assert not missing, (s, missing)
+    # the rollout server samples with the actor's latest weights (synced after every update)
+    for s in train:
+        assert steps[s]["training/rollout_probs_diff_max"] < 1e-3, (s, steps[s]["training/rollout_probs_diff_max"])
+    for s in (0, 3):  # validation before training and at the end
+        assert any(k.startswith("val-core/arith/acc/mean@") for k in steps.get(s, {})), (s, sorted(steps.get(s, {})))
+    assert (plan.run_dir / "global_step_2" / "actor").is_dir()
+
+    table = subprocess.run(
+        [sys.executable, "-m", "erc_verl.repro.cli", "table", str(plan.run_dir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert table.returncode == 0, table.stderr
+    assert any(line.startswith(f"| {recipe} |") for line in table.stdout.splitlines()), table.stdout
+    png = out_dir / f"{recipe}.png"
+    plot = subprocess.run(
+        [sys.executable, "-m", "erc_verl.repro.cli", "plot", "--out", str(png), str(plan.run_dir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert plot.returncode == 0 and png.stat().st_size > 0, plot.stderr
