@@ -65,12 +65,19 @@ def _load_triton():
     return _triton_module
 
 
+_triton_ok = None
+
+
 def triton_available() -> bool:
-    try:
-        _load_triton()
-    except Exception:  # ImportError, or a triton without a usable backend
-        return False
-    return True
+    """Whether the Triton kernel imports (checked once per process)."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            _load_triton()
+            _triton_ok = True
+        except Exception:  # ImportError, or a triton without a usable backend
+            _triton_ok = False
+    return _triton_ok
 
 
 def _row_temperatures(temperature, lead_shape, device):

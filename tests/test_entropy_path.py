@@ -1,7 +1,7 @@
 """Which entropy reaches dapo_erc, and when it is taken, on verl 0.9.1's real engine (CPU, FSDP2/gloo).
 
-1. With `use_torch_compile=True` (verl's default, what every recipe composes) and with verl's
-   chunked entropy, both H_old (old-log-prob pass) and H_cur (update) that dapo_erc receives are
+1. With `use_torch_compile=True` (verl's default, what every recipe composes), packed (with and
+   without verl's chunked entropy) and padded forward, both H_old (old-log-prob pass) and H_cur (update) that dapo_erc receives are
    values returned by erc_verl.entropy.entropy_from_logits, bit for bit; verl's own (compiled)
    entropy is never called; and on a peaked model verl's formula would have given other values.
 2. Order of operations (issue 10, item 3). erc_verl's wrapper of
@@ -139,13 +139,20 @@ def _is_member(values: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     return torch.isin(values.reshape(-1), pool.reshape(-1))
 
 
-@pytest.mark.parametrize("chunking", [False, True], ids=["plain", "chunked"])
-def test_compiled_engine_feeds_erc_verls_entropy_to_dapo_erc(peaked_model_dir, rollout, monkeypatch, chunking):
+@pytest.mark.parametrize(
+    "chunking, remove_padding",
+    [(False, True), (True, True), (False, False)],
+    ids=["packed", "packed-chunked", "padded-forward"],
+)
+def test_compiled_engine_feeds_erc_verls_entropy_to_dapo_erc(
+    peaked_model_dir, rollout, monkeypatch, chunking, remove_padding
+):
     from verl.utils import torch_functional as verl_F
 
     worker, actor_config = _build(
         peaked_model_dir,
         use_torch_compile=True,
+        use_remove_padding=remove_padding,
         extra_actor={"fsdp_config.entropy_from_logits_with_chunking": chunking},
     )
     engine = worker.engine
@@ -161,6 +168,7 @@ def test_compiled_engine_feeds_erc_verls_entropy_to_dapo_erc(peaked_model_dir, r
     assert not [e for e in rec.events if e[0] == "verl_entropy"], "verl's own entropy ran"
     calls = [(e[1]["pass"]) for e in rec.events if e[0] == "entropy"]
     assert calls.count("old") >= 2 and calls.count("update") == BSZ // 2  # one per micro-batch
+    assert all(z.dim() == (2 if remove_padding else 3) for _, z, _, _ in rec.ours)  # the layout tested
 
     batch, _ = rollout
     response = batch["response_mask"].bool()

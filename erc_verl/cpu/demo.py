@@ -390,7 +390,7 @@ def self_checks(args, modes, runs) -> list[dict]:
 
 
 PLOTS = (
-    ("critic/score/mean", "reward (critic/score/mean)"),
+    ("critic/score/mean", "reward (critic/score/mean; +1 right, -1 wrong)"),
     ("actor/entropy", "entropy (actor/entropy)"),
     ("actor/erc_keep_frac", "ERC keep fraction (monitor for baselines)"),
     ("actor/grad_norm", "gradient norm (actor/grad_norm)"),
@@ -410,8 +410,11 @@ def plot(path: Path, modes, runs) -> None:
             ax.plot([s for s, _ in rows], [m.get(key, float("nan")) for _, m in rows], label=mode, lw=1.4, marker=".")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes[1]:
         ax.set_xlabel("training step (verl global step)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].legend(fontsize=9)
     fig.suptitle("erc-verl demo: tiny Qwen2, GRPO through verl's main_ppo on CPU (from verl's file logs)", fontsize=11)
     fig.tight_layout()

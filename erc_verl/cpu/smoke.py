@@ -258,6 +258,7 @@ def smoke_overrides(model_dir: Path, data: dict, run_dir: Path, file_log: Path, 
         ("trainer.save_freq=2", "a checkpoint at step 2"),
         ("trainer.logger=[console,file]", "no wandb"),
         (f"trainer.default_local_dir={run_dir}", "runs/smoke/RECIPE"),
+        (f"hydra.run.dir={run_dir}/hydra", "Hydra's own files in the run folder, not ./outputs"),
         ("algorithm.filter_groups.max_num_gen_batches=10", "fail, not spin, if every group is filtered"),
         # Ray and TransferQueue on a small machine
         ("ray_kwargs.ray_init.num_cpus=16", "logical CPUs for Ray's actors (TransferQueue takes some)"),
