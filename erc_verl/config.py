@@ -39,8 +39,8 @@ class ERCPolicyLossConfig(PolicyLossConfig):
     # the paper text's objective. The authors' runs used 0.1: Kwai-Klear/ERC sets
     # `actor_rollout_ref.actor.postive_loss_coeff=0.1` in every recipe/dapo/*_erc_1_05.sh and 0.1
     # is the default of its verl/trainer/config/actor/actor.yaml (so their baselines had it too).
-    # Normalised like the authors' micro-batch agg_loss (docs/positive-nll.md); logged as
-    # actor/positive_nll. Formula: erc_verl.losses.positive_nll_loss.
+    # Normalised like the authors' micro-batch agg_loss (docs/algorithm.md, "Positive-sample NLL
+    # term"); logged as actor/positive_nll. Formula: erc_verl.losses.positive_nll_loss.
     positive_nll_coeff: float = 0.0
 
     def __post_init__(self):

@@ -122,7 +122,8 @@ def positive_nll_loss(
     factor that turns the policy loss's micro-batch aggregate into its global share,
     s = agg_loss(1, mask, global) / agg_loss(1, mask, local) (token-mean:
     N_micro * dp_size / batch_num_tokens; seq-mean-*: B_micro * dp_size / global_batch_size).
-    Without global information s = 1, the authors' formula as is. docs/positive-nll.md derives it.
+    Without global information s = 1, the authors' formula as is. docs/algorithm.md
+    ("Positive-sample NLL term") derives it.
 
     log_prob keeps its graph (the term's gradient is the point); ERC's gate never touches it.
     Returns a scalar; 0 (no graph) when the micro-batch has no positive response tokens.

@@ -6,14 +6,16 @@ erc_verl/cpu/smoke.py. Everything is asserted from verl's file log and the run f
 A few minutes each on 2 cores; marked slow.
 """
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from erc_verl.cpu.smoke import build_smoke, read_file_log, run_main_ppo
+from erc_verl.cpu.smoke import ROOT, build_smoke, read_file_log, run_main_ppo, smoke_overrides
 
-pytestmark = pytest.mark.slow
+LAUNCH = ROOT / "scripts" / "launch.sh"
 
 TRAIN_KEYS = ("actor/entropy_ratio_mean", "critic/score/mean", "timing_s/gen", "timing_s/update_actor")
 
@@ -23,6 +25,37 @@ def out_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke")  # shared: the tiny model is built once
 
 
+def test_launch_help_is_a_usage_text():
+    out = subprocess.run(["bash", str(LAUNCH), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stdout.startswith("Usage:")
+    assert "--smoke" in out.stdout and "WANDB_API_KEY" in out.stdout
+    assert "set -euo" not in out.stdout  # not the script's own source
+
+
+def test_launch_defaults_to_the_project_venv(tmp_path):
+    env = {**os.environ, "MODEL_PATH": "/m", "TRAIN_FILES": "/t.parquet", "VAL_FILES": "/v.parquet",
+           "CKPT_DIR": str(tmp_path), "NNODES": "1", "GPUS_PER_NODE": "8", "WANDB_MODE": "offline"}
+    env.pop("PYTHON", None)
+    out = subprocess.run(["bash", str(LAUNCH), "--dry-run", "dapo_erc_qwen1.5b"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if venv_python.exists():
+        assert f"# python: {venv_python}" in out.stdout
+    assert "# wandb: offline" in out.stdout
+
+
+def test_smoke_overrides_keep_the_recipe():
+    """The smoke run changes sizes, backends and places, never the method under test."""
+    keys = [o.split("=", 1)[0].lstrip("+") for o, _ in smoke_overrides(Path("/m"), {"train": "/t", "test": "/v"},
+                                                                        Path("/r"), Path("/r/l.jsonl"))]
+    for forbidden in ("policy_loss", "clip_ratio", "loss_agg_mode", "filter_groups.enable", "filter_groups.metric",
+                      "adv_estimator", "custom_reward_function", "use_v1", "entropy_coeff", "temperature"):
+        assert not [k for k in keys if forbidden in k], forbidden
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["dapo_erc_qwen1.5b", "dapo_qwen1.5b"])
 def test_smoke_run(recipe, out_dir):
     plan = build_smoke(recipe, out_dir, log=lambda *_: None)

@@ -247,13 +247,29 @@ def _gate_entropy(engine, output, output_args, micro_batch):
     return torch.nested.nested_tensor_from_jagged(torch.cat(entropy.unbind()), cu_seqlens)
 
 
+@functools.lru_cache(maxsize=1)
+def _warn_fused_entropy() -> None:
+    import warnings
+
+    warnings.warn(
+        "erc_verl: actor_rollout_ref.model.use_fused_kernels=true computes the entropy inside verl's "
+        "fused kernel, which never materialises the logits, so ERC's gate uses verl's fused entropy "
+        "for H_old and H_cur. Its float32 formula loses entropies below ~1e-4 (relative error up to "
+        "100% measured for its torch backend), which decides the band for confident tokens. Set "
+        "use_fused_kernels=false to gate with erc_verl's accurate kernel.",
+        stacklevel=2,
+    )
+
+
 def make_prepare_model_outputs(verl_prepare_model_outputs):
     """Compute the gate entropy from the logits before verl's log-prob kernel sees them.
 
     verl's own entropy request is switched off for the call when erc_verl supplies the entropy
     (so verl keeps flash-attn's in-place cross-entropy backward), unless the loss needs verl's
     in-graph entropy for an entropy bonus. verl's fused kernels never materialise the logits;
-    there verl's fused entropy is used for both passes (docs/architecture.md gives its accuracy).
+    there verl's fused entropy is used for both passes, with a warning: its torch backend loses
+    small entropies like verl's other float32 formulas (relative error up to 1.0 for H < 1e-4,
+    benchmarks/results/entropy_accuracy_cpu.md); its Triton backend (CUDA only) is not measured.
     """
 
     @functools.wraps(verl_prepare_model_outputs)
@@ -264,6 +280,7 @@ def make_prepare_model_outputs(verl_prepare_model_outputs):
         if gate not in ("old", "update"):
             return verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
         if tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False):
+            _warn_fused_entropy()
             tu.assign_non_tensor(micro_batch, calculate_entropy=True)
             model_output = verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
             model_output[GATE_KEY] = model_output["entropy"].detach()
