@@ -31,3 +31,12 @@ def test_missing_verl_names_the_install_command(monkeypatch):
 
 def test_installed_release_is_the_pinned_one():
     assert _compat.check_verl_version() == _compat.SUPPORTED_VERL == "0.9.1"
+
+
+def test_a_tree_with_the_older_patch_series_is_refused_naming_the_fix(monkeypatch):
+    from verl.trainer.ppo import core_algos
+
+    monkeypatch.setattr(core_algos, "POLICY_LOSS_ENTROPY_KWARGS", ("entropy", "old_entropy"), raising=False)
+    monkeypatch.delattr(core_algos, "POLICY_LOSS_EXTENSIONS_API", raising=False)
+    with pytest.raises(ImportError, match="apply_patches.sh"):
+        _compat.tree_is_patched()

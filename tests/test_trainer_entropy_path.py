@@ -29,8 +29,8 @@ Shimmed: only the Ray actor hop. ``InProcessWorkerGroup.execute_all`` calls the 
 in-process worker, resolving ``ObjectRef`` arguments as Ray does for an actor call and
 returning ``ray.put`` results that ``func_generator`` ``ray.get``s. One gloo rank, dp = 1.
 
-The loss is spied on through ``core_algos.POLICY_LOSS_REGISTRY["dapo_erc"]`` (keeping its
-``wants_entropy``), where verl's ``ppo_loss`` looks it up.
+The loss is spied on through ``core_algos.POLICY_LOSS_REGISTRY["dapo_erc"]``,
+where verl's ``ppo_loss`` looks it up.
 """
 
 import copy

@@ -375,6 +375,10 @@ def _patch_fsdp_engine(module) -> None:
 
 def _patch_v0_trainer(module) -> None:
     _wrap(module.RayPPOTrainer, "_compute_old_log_prob", make_v0_compute_old_log_prob)
+
+
+def _refuse_v0_dynamic_sampling(module) -> None:
+    # Not a feeding concern: installed on patched trees too.
     _wrap(module.RayPPOTrainer, "fit", make_v0_fit)
 
 
@@ -403,6 +407,7 @@ def install() -> None:
     """Patch each verl module now if imported, else right after its import. Idempotent."""
     for name, patch in PATCHES:
         after_import(name, _GUARDED.setdefault(name, _unless_patched(patch)))
+    after_import("verl.trainer.ppo.ray_trainer", _refuse_v0_dynamic_sampling)
 
 
 _GUARDED: dict = {}

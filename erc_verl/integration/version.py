@@ -38,4 +38,15 @@ def tree_is_patched() -> bool:
 
     # patches/ define this marker in core_algos; such a tree calls the policy-loss extension that
     # erc_verl registers (integration/patched_tree.py), and the runtime plumbing stays out of the way.
-    return getattr(core_algos, "POLICY_LOSS_EXTENSIONS_API", None) is not None
+    if getattr(core_algos, "POLICY_LOSS_EXTENSIONS_API", None) is not None:
+        return True
+    if getattr(core_algos, "POLICY_LOSS_ENTROPY_KWARGS", None) is not None:
+        # The first patch series (before the extension point): feeding it again at run time
+        # would pass the entropies twice, and it cannot take erc_verl's entropy kernel.
+        raise ImportError(
+            "This verl tree carries an older erc_verl patch series (marker POLICY_LOSS_ENTROPY_KWARGS). "
+            "Re-apply the current one: revert the old series in your fork (git revert, or "
+            "scripts/apply_patches.sh --revert from the erc-verl checkout that applied it), then "
+            "bash scripts/apply_patches.sh VERL_DIR (patches/README.md)."
+        )
+    return False
