@@ -5,8 +5,8 @@
 # warm start and seed. Figure, summary and self-checks come from verl's file logs; the ERC gate
 # check is a gradient check inside verl's actor worker. Writes runs/demo/{demo.png,summary.md,checks.json}
 # and one run folder per mode. See docs/demo.md.
-#   bash scripts/demo.sh                       # defaults (about 5 minutes on 2 cores after install)
-#   bash scripts/demo.sh --steps 10 --strict   # any `erc-verl demo --help` option
+#   bash scripts/demo.sh                       # defaults (7.5 minutes measured on a busy 2-core machine)
+#   bash scripts/demo.sh --steps 10 --strict   # any `scripts/erc-verl demo --help` option
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

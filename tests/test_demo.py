@@ -87,6 +87,54 @@ def test_demo_overrides_route_the_gate_audit_to_the_workers(tmp_path):
     assert "actor_rollout_ref.actor.policy_loss.entropy_ratio_low=0.95" in overrides
 
 
+def test_gate_audit_spy_counts_gradient_per_band(tmp_path):
+    """The spy the demo installs in verl's workers, called in-process on the real registered losses."""
+    import torch
+    from verl.trainer.ppo import core_algos
+    from verl.workers.config import ActorConfig
+
+    from erc_verl import ERCPolicyLossConfig
+    from erc_verl.cpu import gate_audit
+    from erc_verl.integration.verl_0_9_1 import ConfigWithFeed, EntropyFeed
+
+    g = torch.Generator().manual_seed(0)
+    bsz, length = 4, 6
+    old_log_prob = -torch.rand(bsz, length, generator=g) * 2
+    log_prob = (old_log_prob + torch.randn(bsz, length, generator=g) * 0.05).requires_grad_()
+    advantages = torch.randn(bsz, 1, generator=g).expand(bsz, length).clone()
+    mask = torch.ones(bsz, length)
+    old_entropy = torch.rand(bsz, length, generator=g) + 0.5
+    entropy = old_entropy * torch.where(torch.rand(bsz, length, generator=g) < 0.4, 1.2, 1.0)
+    outside = int(((entropy / old_entropy) >= 1.05).sum())
+    assert 0 < outside < bsz * length
+
+    def config(mode, **extra):
+        return ActorConfig(strategy="fsdp", rollout_n=1, ppo_mini_batch_size=1, ppo_micro_batch_size_per_gpu=1,
+                           clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=10.0,
+                           policy_loss=ERCPolicyLossConfig(loss_mode=mode, **extra))
+
+    path = tmp_path / "audit.ndjson"
+    kwargs = dict(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages, response_mask=mask,
+                  loss_agg_mode="token-mean")
+    erc = gate_audit.make_spy("dapo_erc", core_algos.POLICY_LOSS_REGISTRY["dapo_erc"], str(path))
+    erc(**kwargs, config=ConfigWithFeed(config("dapo_erc"), EntropyFeed(entropy, old_entropy)))
+    vanilla = gate_audit.make_spy("vanilla", core_algos.POLICY_LOSS_REGISTRY["vanilla"], str(path))
+    token = gate_audit._MONITOR_ENTROPIES.set((entropy, old_entropy))  # what the ppo_loss wrapper hands it
+    try:
+        vanilla(**kwargs, config=config("vanilla", entropy_ratio_monitor=True))
+    finally:
+        gate_audit._MONITOR_ENTROPIES.reset(token)
+    vanilla(**kwargs, config=config("vanilla"))  # no monitor, no entropies: recorded as unchecked
+
+    totals = gate_audit.read_audit(path)
+    assert totals["dapo_erc"]["checked"] == 1 and totals["dapo_erc"]["out_of_band"] == outside
+    assert totals["dapo_erc"]["out_of_band_with_grad"] == 0
+    assert totals["dapo_erc"]["in_band_with_grad"] == bsz * length - outside
+    assert totals["vanilla"]["checked"] == 1 and totals["vanilla"]["unchecked"] == 1
+    assert totals["vanilla"]["out_of_band_with_grad"] == outside  # small steps: nothing clipped
+    assert "no entropies" in totals["vanilla"]["why_unchecked"][0]
+
+
 def test_a_failed_main_ppo_run_stops_the_demo_and_exits_1(demo_only, tmp_path, monkeypatch, capsys):
     from erc_verl.cpu import demo, smoke
 

@@ -149,6 +149,7 @@ def validate(args) -> list[str]:
             raise _fix(flag, f"{value} is not allowed{why}", f"give a value >= {low}")
 
     at_least("--steps", args.steps, 1, " (training steps per run)")
+    at_least("--seed", args.seed, 0)
     at_least("--threads", args.threads, 1, " (CPU threads per process)")
     at_least("--prompts-per-step", args.prompts_per_step, 1)
     at_least("--responses-per-prompt", args.responses_per_prompt, 2, " (GRPO compares responses to the same prompt)")
@@ -245,6 +246,20 @@ def demo_overrides(args, mode: str, audit_path: Path) -> list[str]:
     ]
 
 
+def _stop(proc) -> None:
+    """Stop main_ppo's process group: SIGINT first (its atexit shuts Ray down), then harder."""
+    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 _CONSOLE_STEP = re.compile(r"(?:^|\s)(step:\d+ - .*)$")
 
 
@@ -260,8 +275,7 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
 
     recipe = MODES[mode][0]
     # build_smoke replaces OUT/RECIPE (verl resumes from a checkpoint it finds there).
-    probe_dir = out / recipe
-    audit_path = (probe_dir / "gate_audit.ndjson").resolve()
+    audit_path = (out / recipe / "gate_audit.ndjson").resolve()  # = plan.run_dir below
     plan = smoke.build_smoke(recipe, out, demo_overrides(args, mode, audit_path), steps=args.steps, spec=spec,
                              log=lambda *a, **k: None)
     audit_path.unlink(missing_ok=True)
@@ -300,13 +314,12 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
         try:
             rc = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            log(f"[demo] {mode}: main_ppo still running after --timeout {args.timeout:g}s; stopping it")
+            _stop(proc)
             rc = None
+        except BaseException:  # Ctrl-C or any error here: never leave a trainer and its Ray cluster behind
+            _stop(proc)
+            raise
         reader.join(timeout=10)
     wall = time.time() - t0
     steps = smoke.read_file_log(plan.file_log) if plan.file_log.exists() else {}
@@ -351,7 +364,8 @@ def self_checks(args, modes, runs) -> list[dict]:
             "name": f"run_complete[{mode}]", "ok": ok, "gating": True,
             "detail": (f"main_ppo {'exit 0' if run['rc'] == 0 else 'timed out' if run['rc'] is None else 'exit ' + str(run['rc'])}"
                        f" in {run['wall_s']:.0f}s; {len(rows)} of {args.steps} training steps in verl's file log"
-                       + (f"; missing keys: {', '.join(missing)}" if missing else "; every step has " + ", ".join(REQUIRED_KEYS[:4]))
+                       + (f"; missing keys: {', '.join(missing)}" if missing
+                          else "; every step has " + ", ".join(REQUIRED_KEYS[:4]) if rows else "")
                        + f" (log: {run['log_path']})"),
         })
     # The gate: zero gradient out of band for ERC, measured in the worker.

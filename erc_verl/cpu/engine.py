@@ -1,6 +1,6 @@
 """Run verl 0.9.x's real actor (engine ``TrainingWorker``, FSDP2) in one CPU process.
 
-Tests, the CPU demo and the overhead benchmark use this to do the actor's two passes exactly
+Tests and the overhead benchmark use this to do the actor's two passes exactly
 as verl's default V1 trainer (``verl/trainer/ppo/v1/trainer_base.py``) drives them:
 
 1. old-log-prob pass: ``calculate_entropy=True, compute_loss=False`` -> ``infer_batch``; the
@@ -64,7 +64,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------------
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
-# Enough for the arithmetic demo ("12+7=19") and short chat-like prompts.
+# Enough for arithmetic prompts ("12+7=19") and short chat-like prompts.
 ARITH_CHARS = "0123456789+-*=,.:?() abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 

@@ -5,7 +5,7 @@ check travels there the way any verl plugin does: the demo adds this module to
 `VERL_USE_EXTERNAL_MODULES` (verl/__init__.py imports each listed module in every process,
 driver and Ray workers alike) and names the output file in `ERC_VERL_GATE_AUDIT`; both go to
 the workers through `ray_kwargs.ray_init.runtime_env.env_vars`. Without that variable,
-importing this module changes nothing.
+importing this module installs nothing (`read_audit` and `make_spy` stay usable).
 
 What it wraps, once verl's modules load (erc_verl.integration.hooks.after_import, registered
 after erc_verl's own hooks, so it wraps erc_verl's registered losses and plumbing):
@@ -209,4 +209,5 @@ def read_audit(path) -> dict:
     return totals
 
 
-install()
+if os.environ.get(ENV):  # verl imports this module in every process; only the demo's runs set the file
+    install()
