@@ -84,7 +84,10 @@ def test_smoke_run(recipe, out_dir):
         capture_output=True, text=True, timeout=300,
     )
     assert table.returncode == 0, table.stderr
-    assert any(line.startswith(f"| {recipe} |") for line in table.stdout.splitlines()), table.stdout
+    rows = [line for line in table.stdout.splitlines() if line.startswith(f"| {recipe} |")]
+    assert rows, table.stdout
+    # A tiny CPU model: never set beside the paper's published averages.
+    assert all("n/a (smoke run)" in row and "tiny CPU smoke model" in row for row in rows), rows
     png = out_dir / f"{recipe}.png"
     plot = subprocess.run(
         [sys.executable, "-m", "erc_verl.repro.cli", "plot", "--out", str(png), str(plan.run_dir)],

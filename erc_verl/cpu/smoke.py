@@ -298,6 +298,9 @@ class SmokePlan:
 _SHOWN_ENV = ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES", "VERL_FILE_LOGGER_PATH")
 
 
+SMOKE_MARKER = "erc_verl_smoke_run.json"
+
+
 def build_smoke(
     recipe: str,
     out_dir: str | os.PathLike = DEFAULT_OUT,
@@ -323,6 +326,8 @@ def build_smoke(
     model_dir, data = prepare_assets(out_dir / ".cache", spec, log=log)
     file_log = run_dir / "logs" / f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     file_log.parent.mkdir(parents=True, exist_ok=True)
+    # Tells `erc-verl table` this is a tiny CPU model, not the recipe's model (no paper column).
+    (run_dir / SMOKE_MARKER).write_text(json.dumps({"recipe": recipe, "model": str(model_dir)}) + "\n")
     overrides = smoke_overrides(model_dir, data, run_dir, file_log, steps=steps)
     cmd = [
         python or sys.executable, "-m", "verl.trainer.main_ppo",

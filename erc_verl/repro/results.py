@@ -58,9 +58,13 @@ class Run:
 
     name: str
     steps: dict[int, dict[str, float]] = field(default_factory=dict)
+    # A `scripts/launch.sh --smoke` run: a tiny CPU model, whatever the recipe's name says.
+    smoke: bool = False
 
     @property
     def model(self) -> str | None:
+        if self.smoke:
+            return "tiny CPU smoke model"
         m = re.search(r"qwen[-_]?(1\.5b|7b)", self.name, re.IGNORECASE)
         return m.group(1).upper() if m else None
 
@@ -192,7 +196,7 @@ def load_runs(path: str | Path) -> list[Run]:
         files = [path]
     else:
         raise UserError(f"no such log file or folder: {path}")
-    run = Run(run_name(path))
+    run = Run(run_name(path), smoke=_is_smoke_run(path))
     by_run: dict[str, dict] = {}
     warnings: list[str] = []
     records = sum(read_log_file(f, run.steps, by_run, warnings) for f in files)
@@ -202,6 +206,12 @@ def load_runs(path: str | Path) -> list[Run]:
         print(message, file=sys.stderr)
     runs = [run] if run.steps else []
     return runs + [Run(name, steps) for name, steps in by_run.items()]
+
+
+def _is_smoke_run(path: Path) -> bool:
+    folder = path if path.is_dir() else path.parent
+    # The marker erc_verl.cpu.smoke writes; the file log sits in <run>/logs/.
+    return any((d / "erc_verl_smoke_run.json").exists() for d in (folder, folder.parent))
 
 
 def load_run(path: str | Path) -> Run:
@@ -245,8 +255,8 @@ def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None =
         scores = per_run[id(run)]
         full = {step: _avg(s, columns) for step, s in scores.items()}
         full = {step: a for step, a in full.items() if a is not None}
-        paper = PAPER_AVERAGES.get((run.model, run.method))
-        paper_cell = f"{paper:.1f}" if paper is not None else "not published"
+        paper = None if run.smoke else PAPER_AVERAGES.get((run.model, run.method))
+        paper_cell = "n/a (smoke run)" if run.smoke else f"{paper:.1f}" if paper is not None else "not published"
         picks = []
         if full:
             best = max(full, key=lambda s: (full[s], -s))
