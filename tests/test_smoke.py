@@ -17,7 +17,14 @@ from erc_verl.cpu.smoke import ROOT, build_smoke, read_file_log, run_main_ppo, s
 
 LAUNCH = ROOT / "scripts" / "launch.sh"
 
-TRAIN_KEYS = ("actor/entropy_ratio_mean", "critic/score/mean", "timing_s/gen", "timing_s/update_actor")
+TRAIN_KEYS = (
+    "actor/entropy_ratio_mean",
+    "critic/score/mean",
+    "timing_s/gen",
+    "timing_s/update_actor",
+    # The recipes' positive-sample NLL (0.1): proves the rewards reach the update through verl's trainer.
+    "actor/positive_nll",
+)
 
 
 @pytest.fixture(scope="module")
