@@ -179,3 +179,21 @@ def test_plot_panels_use_the_logged_series(tmp_path, monkeypatch):
     val_line = captured["axes"][3].get_lines()[0]
     assert list(val_line.get_xdata()) == sorted(val)
     assert list(val_line.get_ydata()) == pytest.approx([sum(v.values()) / len(v) for _, v in sorted(val.items())])
+
+
+def test_a_folder_of_run_folders_gives_one_row_set_per_run(tmp_path, capsys, monkeypatch):
+    # The layout of runs/smoke/ and of the demo's output: <dir>/<run>/logs/metrics-<time>.jsonl.
+    for name, seed in (("dapo_qwen1.5b", 1), ("dapo_erc_qwen1.5b", 2)):
+        logs = tmp_path / name / "logs"
+        logs.mkdir(parents=True)
+        write_run(logs / "metrics-20260101-000000.jsonl", seed, monkeypatch=monkeypatch)
+    (tmp_path / "dapo_erc_qwen1.5b" / "erc_verl_smoke_run.json").write_text("{}\n")  # a smoke run's marker
+    rc, out = table([str(tmp_path)], capsys)
+    assert rc == 0, out.err
+    _, rows = rows_of(out.out)
+    by_run = {}
+    for row in rows:
+        by_run.setdefault(row["run"], []).append(row)
+    assert set(by_run) == {"dapo_qwen1.5b", "dapo_erc_qwen1.5b"}
+    assert {r["paper average"] for r in by_run["dapo_qwen1.5b"]} == {"53.4"}
+    assert {r["paper average"] for r in by_run["dapo_erc_qwen1.5b"]} == {"n/a (smoke run)"}

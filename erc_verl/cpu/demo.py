@@ -3,7 +3,7 @@
 What it does, in order (everything local, nothing downloaded):
 
 1. warm-up: builds the smoke run's tiny Qwen2 and its Qwen2Tokenizer (byte-level, ChatML,
-   `</think>`) and warms it up with a short supervised pass on two-digit addition written as
+   `</think>`) and warms it up with a short supervised pass on small sums written as
    `</think>ANSWER<|im_end|>`, so rewards vary within a group (erc_verl/cpu/smoke.py,
    `prepare_assets`; cached under OUT/.cache);
 2. for each loss mode (default: `vanilla`, the DAPO baseline, PPO-clip 0.2/0.28, dual-clip 10,

@@ -7,8 +7,9 @@ opens the file with "wb", so a resumed run starts a new file: scripts/launch.sh 
 launch its own metrics-<time>.jsonl, and here all files of a run are merged, later ones winning
 for the same step.
 
-Also read: flat rows `{"step": N, "run": NAME, metric: value, ...}`, the layout of
-`erc-verl demo`'s metrics.jsonl, one run per distinct `run` value. Lines that are neither are
+A folder holding several run folders (runs/smoke, the demo's output) gives one run per
+folder. Also read: flat rows `{"step": N, "run": NAME, metric: value, ...}`, one run per
+distinct `run` value. Lines that are neither are
 counted and reported once per file; input with no readable record at all is an error that
 says what was expected.
 
@@ -196,15 +197,24 @@ def load_runs(path: str | Path) -> list[Run]:
         files = [path]
     else:
         raise UserError(f"no such log file or folder: {path}")
-    run = Run(run_name(path), smoke=_is_smoke_run(path))
+    # One run per run folder (a folder of runs, e.g. runs/smoke or the demo's output, gives
+    # several); the files of one run are merged in name order.
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(run_name(f) if path.is_dir() and f.parent != path else run_name(path), []).append(f)
+    runs: list[Run] = []
     by_run: dict[str, dict] = {}
     warnings: list[str] = []
-    records = sum(read_log_file(f, run.steps, by_run, warnings) for f in files)
+    records = 0
+    for name, group in groups.items():
+        run = Run(name, smoke=_is_smoke_run(group[0]))
+        records += sum(read_log_file(f, run.steps, by_run, warnings) for f in group)
+        if run.steps:
+            runs.append(run)
     if not records:
         raise UserError(f"{path}: no metrics record in {len(files)} .jsonl file(s); expected {EXPECTED}")
     for message in warnings:  # some files or lines unreadable beside real records: say so
         print(message, file=sys.stderr)
-    runs = [run] if run.steps else []
     return runs + [Run(name, steps) for name, steps in by_run.items()]
 
 
