@@ -12,8 +12,9 @@ What runs for real, in this process, on CPU:
   (``agent_loop_tq._agent_loop_postprocess``: one jagged row per sample).
 * v0 trainer (``trainer.use_v1=false``, ``verl/trainer/ppo/ray_trainer.py``):
   ``RayPPOTrainer._compute_old_log_prob`` (as wrapped by erc_verl's plumbing, which keeps a
-  copy of ``entropys`` under ``entropy``) and ``_update_actor``. ``fit()`` cannot run on CPU
-  (it needs the rollout servers); its lines around the old-log-prob call (``meta_info``
+  copy of ``entropys`` under ``entropy``) and ``_update_actor``. ``fit()`` is not driven here
+  (it needs rollout servers; tests/test_smoke.py runs the whole V1 trainer through main_ppo
+  with the CPU rollout backend); its lines around the old-log-prob call (``meta_info``
   temperature / token counts, pop ``entropys``, ``batch.union(old_log_prob)``) are
   reproduced verbatim in the test.
 * Worker side, for both: a real ``ActorRolloutRefWorker`` (``verl/workers/engine_workers.py``)
