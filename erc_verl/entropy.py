@@ -36,8 +36,11 @@ import sys
 import torch
 
 _FLT_MIN = torch.finfo(torch.float32).min
-# Elements of one float32 block temporary in the torch backend (32 MiB on CPU, 64 MiB on GPU).
-_BLOCK_ELEMS = {"cpu": 1 << 23}
+# Elements of one float32 block temporary in the torch backend (8 MiB on CPU, 64 MiB on GPU).
+# CPU: on the 2-core test machine (benchmarks/entropy_block_sizes.py, results/entropy_block_cpu.txt)
+# blocks of 128 Ki to 2 Mi elements ran within run-to-run noise of each other at vocabularies
+# 512 to 152,064, and 8 Mi up to 2.7x slower (the temporaries leave the cache).
+_BLOCK_ELEMS = {"cpu": 1 << 21}
 _BLOCK_ELEMS_DEFAULT = 1 << 24
 _triton_module = None
 
