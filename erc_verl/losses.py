@@ -149,6 +149,13 @@ def positive_nll_loss(
     return local * scale
 
 
+def positive_nll_coeff(policy_loss_config) -> float:
+    """policy_loss.positive_nll_coeff, 0.0 when the config has none (a plain PolicyLossConfig)."""
+    if policy_loss_config is None:
+        return 0.0
+    return float(policy_loss_config.get("positive_nll_coeff", 0.0) or 0.0)
+
+
 def positive_nll_term(config, log_prob, response_mask, token_level_rewards, loss_agg_mode, global_batch_info=None):
     """`(coeff * positive_nll_loss(...), metrics)` for one micro-batch, or `(None, {})` with coeff 0.
 
@@ -158,8 +165,7 @@ def positive_nll_term(config, log_prob, response_mask, token_level_rewards, loss
     `actor/pg_loss` (SUM of global shares, or MEAN of micro-batch values), so
     coeff * actor/positive_nll is what the term added to the logged loss.
     """
-    policy_loss = getattr(config, "policy_loss", None) if config is not None else None
-    coeff = float(policy_loss.get("positive_nll_coeff", 0.0) or 0.0) if policy_loss is not None else 0.0
+    coeff = positive_nll_coeff(getattr(config, "policy_loss", None) if config is not None else None)
     if coeff == 0.0:
         return None, {}
     if token_level_rewards is None:
@@ -253,6 +259,12 @@ def erc_band(config) -> tuple[float, float]:
             "+policy_loss@actor_rollout_ref.actor.policy_loss=erc)."
         )
     return float(policy_loss_config.entropy_ratio_low), float(policy_loss_config.entropy_ratio_high)
+
+
+def monitor_metrics(config, entropy, old_entropy, response_mask, global_batch_info: dict) -> dict:
+    """entropy_ratio_monitor on a non-ERC loss: the statistics ERC would log, nothing gated."""
+    low, high = erc_band(config)
+    return entropy_ratio_metrics(entropy_ratio(entropy, old_entropy), response_mask, low, high, **global_batch_info)
 
 
 def require_entropies(loss_mode: str, entropy, old_entropy, log_prob: torch.Tensor) -> None:

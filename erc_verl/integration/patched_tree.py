@@ -18,17 +18,13 @@ The ERC losses themselves get `entropy=` / `old_entropy=` from the patched tree.
 from .registry import loss_wants_entropy, monitor_enabled
 
 
-def _positive_nll_coeff(policy_loss_config) -> float:
-    if policy_loss_config is None:
-        return 0.0
-    return float(policy_loss_config.get("positive_nll_coeff", 0.0) or 0.0)
-
-
 class ERCPolicyLossExtension:
     """The extension protocol of patches/ (documented in the patched core_algos)."""
 
     def active(self, policy_loss_config) -> bool:
-        return loss_wants_entropy(policy_loss_config) or _positive_nll_coeff(policy_loss_config) > 0
+        from ..losses import positive_nll_coeff
+
+        return loss_wants_entropy(policy_loss_config) or positive_nll_coeff(policy_loss_config) > 0
 
     def wants_entropy(self, policy_loss_config) -> bool:
         return loss_wants_entropy(policy_loss_config)
@@ -39,8 +35,7 @@ class ERCPolicyLossExtension:
         return entropy_from_logits(logits)
 
     def extra_loss(self, actor_config, inputs: dict):
-        from ..losses import entropy_ratio, erc_band, positive_nll_term, require_entropies
-        from ..metrics import entropy_ratio_metrics
+        from ..losses import monitor_metrics, positive_nll_term, require_entropies
 
         policy_loss_config = actor_config.policy_loss
         global_batch_info = inputs.get("global_batch_info") or {}
@@ -50,10 +45,8 @@ class ERCPolicyLossExtension:
             mode = policy_loss_config.get("loss_mode", "vanilla")
             entropy, old_entropy = inputs.get("entropy"), inputs.get("old_entropy")
             require_entropies(f"{mode} with entropy_ratio_monitor", entropy, old_entropy, log_prob)
-            low, high = erc_band(actor_config)
-            ratio = entropy_ratio(inputs["entropy"], inputs["old_entropy"])
             metrics.update(
-                entropy_ratio_metrics(ratio, inputs["response_mask"], low, high, **global_batch_info)
+                monitor_metrics(actor_config, entropy, old_entropy, inputs["response_mask"], global_batch_info)
             )
         term, nll_metrics = positive_nll_term(
             actor_config,

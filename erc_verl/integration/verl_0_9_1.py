@@ -24,7 +24,7 @@ import sys
 import torch
 
 from .hooks import after_import
-from .registry import is_erc_mode, loss_wants_entropy, monitor_enabled
+from .registry import is_erc_mode, loss_wants_entropy
 
 _INSTALLED = "_erc_verl_plumbing"
 # Non-tensor flag on a micro-batch: compute erc_verl's gate entropy for it, in the
@@ -102,8 +102,7 @@ def make_ppo_loss(verl_ppo_loss):
             return verl_ppo_loss(config, model_output, data, dp_group)
         from verl.workers.utils.padding import no_padding_2_padding
 
-        from ..losses import entropy_ratio, erc_band, _global_batch_info
-        from ..metrics import entropy_ratio_metrics
+        from ..losses import _global_batch_info, monitor_metrics
 
         current = model_output.get(GATE_KEY, None)
         if current is None:
@@ -124,12 +123,7 @@ def make_ppo_loss(verl_ppo_loss):
         # Monitor on a baseline: verl's loss runs untouched; the ratio statistics are only read.
         loss, metrics = verl_ppo_loss(config, model_output, data, dp_group)
         response_mask = _padded_response_field(data, "response_mask").bool()
-        low, high = erc_band(config)
-        metrics.update(
-            entropy_ratio_metrics(
-                entropy_ratio(current, old), response_mask, low, high, **_global_batch_info(config)
-            )
-        )
+        metrics.update(monitor_metrics(config, current, old, response_mask, _global_batch_info(config)))
         return loss, metrics
 
     @functools.wraps(verl_ppo_loss)
@@ -151,13 +145,12 @@ REWARD_FIELDS = ("token_level_rewards", "rm_scores")
 def add_positive_nll(config, model_output, data, loss, metrics):
     """loss + coeff * erc_verl.losses.positive_nll_loss on the model's own log-probs (never
     ERC-gated), with actor/positive_nll; unchanged when positive_nll_coeff is 0."""
-    policy_loss = config.policy_loss
-    if not float(policy_loss.get("positive_nll_coeff", 0.0) or 0.0):
+    from ..losses import positive_nll_coeff, positive_nll_term
+
+    if not positive_nll_coeff(config.policy_loss):
         return loss, metrics
     from verl.utils.metric import AggregationType, Metric
     from verl.workers.utils.padding import no_padding_2_padding
-
-    from ..losses import positive_nll_term
 
     rewards = next(
         (r for r in (_padded_response_field(data, key) for key in REWARD_FIELDS) if r is not None), None
