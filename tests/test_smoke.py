@@ -101,3 +101,36 @@ def test_smoke_run(recipe, out_dir):
         capture_output=True, text=True, timeout=300,
     )
     assert plot.returncode == 0 and png.stat().st_size > 0, plot.stderr
+
+
+def test_a_timed_out_run_is_stopped_with_its_whole_process_group(tmp_path):
+    # main_ppo starts Ray and workers; a timeout must not leave them running.
+    import os
+    import time
+
+    from erc_verl.cpu.smoke import SmokePlan
+
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen(['sleep', '300'])\n"  # stands for Ray's processes
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "child.wait()\n"
+    )
+    cmd = [sys.executable, "-c", script]
+    plan = SmokePlan("none", tmp_path, tmp_path / "log.jsonl", cmd, dict(os.environ))
+    lines = []
+    rc = run_main_ppo(plan, timeout=2, capture=tmp_path / "out.log", on_line=lines.append)
+    assert rc is None and lines[0] == "started\n"  # then the SIGINT traceback of the stopped run
+    log = (tmp_path / "out.log").read_text()
+    assert log.startswith("$ ") and "\nstarted\n" in log  # the command, then the run's output
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the grandchild got the group's SIGINT
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"pid {child} outlived the stopped run")

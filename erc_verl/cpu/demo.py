@@ -31,11 +31,7 @@ import json
 import math
 import os
 import re
-import shlex
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -246,27 +242,7 @@ def demo_overrides(args, mode: str, audit_path: Path) -> list[str]:
     ]
 
 
-def _stop(proc) -> None:
-    """Stop main_ppo's process group: SIGINT first (its atexit shuts Ray down), then harder."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 _CONSOLE_STEP = re.compile(r"(?:^|\s)(step:\d+ - .*)$")
-
-
-def _stream(proc, log_fh, on_line) -> None:
-    for line in proc.stdout:
-        log_fh.write(line)
-        on_line(line)
 
 
 def run_mode(args, mode: str, out: Path, spec, log) -> dict:
@@ -305,22 +281,9 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
             f"entropy {num('actor/entropy')}  keep {num('actor/erc_keep_frac')}  "
             f"grad_norm {num('actor/grad_norm')}  ({time.time() - t0:.0f}s)")
 
-    with open(log_path, "w") as fh:
-        fh.write("$ " + " ".join(shlex.quote(c) for c in plan.cmd) + "\n")
-        proc = subprocess.Popen(plan.cmd, env=env, cwd=str(smoke.ROOT), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
-        reader = threading.Thread(target=_stream, args=(proc, fh, on_line), daemon=True)
-        reader.start()
-        try:
-            rc = proc.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            log(f"[demo] {mode}: main_ppo still running after --timeout {args.timeout:g}s; stopping it")
-            _stop(proc)
-            rc = None
-        except BaseException:  # Ctrl-C or any error here: never leave a trainer and its Ray cluster behind
-            _stop(proc)
-            raise
-        reader.join(timeout=10)
+    rc = smoke.run_main_ppo(plan, timeout=args.timeout, capture=log_path, on_line=on_line, env=env)
+    if rc is None:
+        log(f"[demo] {mode}: main_ppo still running after --timeout {args.timeout:g}s; stopped it")
     wall = time.time() - t0
     steps = smoke.read_file_log(plan.file_log) if plan.file_log.exists() else {}
     from .gate_audit import read_audit
