@@ -24,6 +24,10 @@ import sys
 import tempfile
 import time
 
+# The engine harness lives in tests/harness (not part of the installed package).
+HARNESS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+sys.path.insert(0, HARNESS_DIR)
+
 VARIANTS = ("vanilla", "dapo_erc", "gppo_erc")
 # Not a loss mode: `vanilla` with verl's own actor.calculate_entropy=True, i.e. the current
 # entropy computed inside the autograd graph (what the authors' fork does). For comparison.
@@ -74,7 +78,7 @@ def run_child(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from erc_verl.cpu import engine as engine_cpu
+    from harness import training_worker as engine_cpu
 
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     graph = args.child == GRAPH_VARIANT
@@ -131,10 +135,11 @@ def main(argv=None):
     variants = args.variants.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, VERL_PLATFORM="cpu") if args.device == "cpu" else dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [HARNESS_DIR, env.get("PYTHONPATH")]))
         # Build the model once, in a process of its own, so every variant loads the same weights.
         model_dir = os.path.join(tmp, "model")
         subprocess.run(
-            [sys.executable, "-c", "import sys; from erc_verl.cpu import engine as engine_cpu; "
+            [sys.executable, "-c", "import sys; from harness import training_worker as engine_cpu; "
              f"engine_cpu.tiny_qwen2(sys.argv[1], vocab_size={args.vocab}, hidden_size={args.hidden}, "
              f"layers={args.layers}, max_position_embeddings={max(1024, args.seq_len)})", model_dir],
             check=True, env=env,

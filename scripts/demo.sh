@@ -11,4 +11,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup_venv.sh
-exec "$ERC_VERL_PYTHON" -m erc_verl.repro.cli demo "$@"
+exec "$ERC_VERL_PYTHON" -m erc_verl.cli demo "$@"

@@ -74,7 +74,7 @@ if [[ "$SMOKE" -eq 1 ]]; then
   source "$SCRIPT_DIR/setup_venv.sh"
   SMOKE_ARGS=()
   [[ "$DRY_RUN" -eq 1 ]] && SMOKE_ARGS+=(--dry-run)
-  exec "$ERC_VERL_PYTHON" -m erc_verl.cpu.smoke "${SMOKE_ARGS[@]}" "$RECIPE" "$@"
+  exec "$ERC_VERL_PYTHON" -m erc_verl.rehearsal.smoke "${SMOKE_ARGS[@]}" "$RECIPE" "$@"
 fi
 
 RECIPES_DIR="$(cd "${ERC_VERL_RECIPES:-$SCRIPT_DIR/../recipes}" && pwd)"

@@ -1,7 +1,7 @@
 """Bad input to `erc-verl check / prepare-data / table / plot`: one line naming the problem and
 the fix, a non-zero exit, nothing half-written; and every fix those lines suggest, run.
 
-Everything goes through `erc_verl.repro.cli.main`, the `erc-verl` entry point, in-process.
+Everything goes through `erc_verl.cli.main`, the `erc-verl` entry point, in-process.
 """
 
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from erc_verl.repro import cli, data, results
+from erc_verl import cli
+from erc_verl.repro import data, results
 from erc_verl.repro.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_check_model_path(capsys, tmp_path):
 
 
 def test_check_model_path_fix_a_real_model_folder(capsys, tmp_path):
-    from erc_verl.cpu.engine import tiny_qwen2
+    from harness.training_worker import tiny_qwen2
 
     model = tiny_qwen2(tmp_path / "model")
     rc, out, _ = erc_verl(capsys, "check", RECIPE, "--model-path", model)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from erc_verl.repro import data
-from erc_verl.repro.cli import main as cli
+from erc_verl.cli import main as cli
 
 FIX = Path(__file__).parent / "fixtures"
 

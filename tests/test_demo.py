@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from erc_verl.repro import cli
+from erc_verl import cli
 
 
 @pytest.fixture
@@ -75,14 +75,14 @@ def test_help_documents_every_option(demo_only, capsys):
 def test_demo_overrides_route_the_gate_audit_to_the_workers(tmp_path):
     import argparse
 
-    from erc_verl.cpu import demo
+    from erc_verl.rehearsal import demo
 
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path)])
     overrides = demo.demo_overrides(args, "dapo_erc", tmp_path / "gate_audit.ndjson")
     env = "ray_kwargs.ray_init.runtime_env.env_vars."
-    assert f"{env}VERL_USE_EXTERNAL_MODULES='erc_verl,erc_verl.cpu.gate_audit'" in overrides
+    assert f"{env}VERL_USE_EXTERNAL_MODULES='erc_verl,erc_verl.rehearsal.gate_audit'" in overrides
     assert f"++{env}ERC_VERL_GATE_AUDIT='{tmp_path / 'gate_audit.ndjson'}'" in overrides
     assert "actor_rollout_ref.actor.policy_loss.entropy_ratio_low=0.95" in overrides
 
@@ -94,7 +94,7 @@ def test_gate_audit_spy_counts_gradient_per_band(tmp_path):
     from verl.workers.config import ActorConfig
 
     from erc_verl import ERCPolicyLossConfig
-    from erc_verl.cpu import gate_audit
+    from erc_verl.rehearsal import gate_audit
     from erc_verl.integration.verl_0_9_1 import ConfigWithFeed, EntropyFeed
 
     g = torch.Generator().manual_seed(0)
@@ -136,7 +136,7 @@ def test_gate_audit_spy_counts_gradient_per_band(tmp_path):
 
 
 def test_a_failed_main_ppo_run_stops_the_demo_and_exits_1(demo_only, tmp_path, monkeypatch, capsys):
-    from erc_verl.cpu import demo, smoke
+    from erc_verl.rehearsal import demo, smoke
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -176,7 +176,7 @@ def test_short_demo_through_main_ppo(tmp_path, demo_only, capsys):
     for name in ("demo.png", "summary.md", "checks.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
 
-    from erc_verl.cpu.smoke import read_file_log
+    from erc_verl.rehearsal.smoke import read_file_log
 
     # Both runs went through verl's main_ppo: its file logger wrote every training step.
     for recipe, run_is_erc in (("dapo_qwen1.5b", False), ("dapo_erc_qwen1.5b", True)):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 # Sets VERL_PLATFORM=cpu before verl resolves its platform; import it before other verl code.
-from erc_verl.cpu import engine as engine_cpu
+from harness import training_worker as engine_cpu
 
 BSZ, PROMPT_LEN, RESPONSE_LEN = 4, 8, 16
 

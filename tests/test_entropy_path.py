@@ -18,7 +18,7 @@
 import pytest
 import torch
 
-from erc_verl.cpu import engine as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
 from erc_verl.losses import fed_entropies
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from erc_verl.cpu import engine as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
 from erc_verl.config import ERCPolicyLossConfig
 from erc_verl.losses import positive_nll_loss, positive_responses
 

@@ -64,7 +64,7 @@ def test_sample_next_honours_temperature_top_k_top_p():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from erc_verl.cpu.smoke import ModelSpec, build_model
+    from erc_verl.rehearsal.smoke import ModelSpec, build_model
 
     path = tmp_path_factory.mktemp("hf_rollout") / "model"
     build_model(path, ModelSpec(sft_steps=0), log=lambda *_: None)
@@ -88,7 +88,7 @@ def _generate_many(server, prompts, params):
 def test_server_generates_batched_with_eos_lengths_and_logprobs(tiny_model):
     from transformers import AutoTokenizer
 
-    from erc_verl.cpu.smoke import prompt_ids
+    from erc_verl.rehearsal.smoke import prompt_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     server = _server(tiny_model)
@@ -123,7 +123,7 @@ class _LocalHandle:
 def test_rollout_weights_equal_actor_after_update(tiny_model):
     from omegaconf import OmegaConf
 
-    from erc_verl.cpu import engine
+    from harness import training_worker as engine
     from erc_verl.cpu.rollout import HFServerAdapter
     from verl.workers.engine_workers import ActorRolloutRefWorker
 

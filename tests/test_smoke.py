@@ -2,7 +2,7 @@
 
 One ERC recipe and one baseline run as they would on a cluster (V1 trainer, dynamic sampling on
 `acc`, the paper's reward, validation, checkpoint, file logger), with the CPU overrides of
-erc_verl/cpu/smoke.py. Everything is asserted from verl's file log and the run folder.
+erc_verl/rehearsal/smoke.py. Everything is asserted from verl's file log and the run folder.
 A few minutes each on 2 cores; marked slow.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from erc_verl.cpu.smoke import ROOT, build_smoke, read_file_log, run_main_ppo, smoke_overrides
+from erc_verl.rehearsal.smoke import ROOT, build_smoke, read_file_log, run_main_ppo, smoke_overrides
 
 LAUNCH = ROOT / "scripts" / "launch.sh"
 
@@ -87,7 +87,7 @@ def test_smoke_run(recipe, out_dir):
     assert (plan.run_dir / "global_step_2" / "actor").is_dir()
 
     table = subprocess.run(
-        [sys.executable, "-m", "erc_verl.repro.cli", "table", str(plan.run_dir)],
+        [sys.executable, "-m", "erc_verl.cli", "table", str(plan.run_dir)],
         capture_output=True, text=True, timeout=300,
     )
     assert table.returncode == 0, table.stderr
@@ -97,7 +97,7 @@ def test_smoke_run(recipe, out_dir):
     assert all("n/a (smoke run)" in row and "tiny CPU smoke model" in row for row in rows), rows
     png = out_dir / f"{recipe}.png"
     plot = subprocess.run(
-        [sys.executable, "-m", "erc_verl.repro.cli", "plot", "--out", str(png), str(plan.run_dir)],
+        [sys.executable, "-m", "erc_verl.cli", "plot", "--out", str(png), str(plan.run_dir)],
         capture_output=True, text=True, timeout=300,
     )
     assert plot.returncode == 0 and png.stat().st_size > 0, plot.stderr
@@ -108,7 +108,7 @@ def test_a_timed_out_run_is_stopped_with_its_whole_process_group(tmp_path):
     import os
     import time
 
-    from erc_verl.cpu.smoke import SmokePlan
+    from erc_verl.rehearsal.smoke import SmokePlan
 
     pid_file = tmp_path / "child.pid"
     script = (

@@ -8,7 +8,7 @@ device ``cpu`` too, without touching verl's files.
 
 Select it with ``VERL_PLATFORM=cpu`` set *before* anything in verl first calls
 ``get_platform()`` (the choice is cached for the life of the process), then call
-:func:`register_cpu_platform`. ``erc_verl.cpu.engine`` does both for you.
+:func:`register_cpu_platform`. ``harness.training_worker`` does both for you.
 
 This is for tests, the CPU demo and the overhead benchmark; it is never needed on a GPU box.
 """

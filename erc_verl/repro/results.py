@@ -220,7 +220,7 @@ def load_runs(path: str | Path) -> list[Run]:
 
 def _is_smoke_run(path: Path) -> bool:
     folder = path if path.is_dir() else path.parent
-    # The marker erc_verl.cpu.smoke writes; the file log sits in <run>/logs/.
+    # The marker erc_verl.rehearsal.smoke writes; the file log sits in <run>/logs/.
     return any((d / "erc_verl_smoke_run.json").exists() for d in (folder, folder.parent))
 
 

@@ -8,7 +8,7 @@ tests/test_patches.py runs this twice on the same tiny models and compares the t
 - with .venv-patched-0.9.1: verl carries patches/verl-0.9.1 and erc_verl installs nothing.
 
 Each case is the V1 trainer's two actor calls (old-log-prob pass with entropy, then
-`train_mini_batch`) through erc_verl.cpu.engine. On the patched side the update gets the
+`train_mini_batch`) through harness.training_worker. On the patched side the update gets the
 non-tensor flags that the PATCHED trainers send: they are taken from the real
 `PPOTrainer._update_actor` (V1) and `RayPPOTrainer._update_actor` (v0), called on a stub that
 records what would go to the worker. On the stock side the flags are stock verl's.
@@ -16,8 +16,12 @@ records what would go to the worker. On the stock side the flags are stock verl'
 
 import sys
 import types
+from pathlib import Path
 
-from erc_verl.cpu import engine as engine_cpu  # first: fixes verl's platform to the CPU one
+# The test harness lives in tests/, beside this folder; it is not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import training_worker as engine_cpu  # first: fixes verl's platform to the CPU one
 
 import erc_verl  # noqa: E402
 import torch  # noqa: E402

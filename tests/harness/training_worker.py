@@ -295,7 +295,7 @@ def build_actor_worker(model_dir: str, *, return_config: bool = False, device: s
     platform = get_platform()
     if platform.device_name != "cpu":
         raise RuntimeError(
-            f"verl's platform is {platform.device_name!r}, not 'cpu': import erc_verl.cpu.engine (or set "
+            f"verl's platform is {platform.device_name!r}, not 'cpu': import harness.training_worker (or set "
             "VERL_PLATFORM=cpu) before anything in verl resolves its platform"
         )
     if not register_cpu_platform():

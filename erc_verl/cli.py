@@ -9,11 +9,11 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .repro.errors import UserError
 
 # subcommand -> (module, one-line help). Each module defines add_arguments(parser) and main(args).
 SUBCOMMANDS = {
-    "demo": ("erc_verl.cpu.demo", "train a tiny model on CPU with and without ERC and compare"),
+    "demo": ("erc_verl.rehearsal.demo", "train a tiny model on CPU with and without ERC and compare"),
     "check": ("erc_verl.repro.check", "compose recipes on verl's config and build its dataclasses, without Ray"),
     "prepare-data": ("erc_verl.repro.data", "write verl RL parquet files for the paper's training and evaluation sets"),
     "table": ("erc_verl.repro.results", "Markdown results table from verl file logs"),

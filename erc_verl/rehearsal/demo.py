@@ -4,7 +4,7 @@ What it does, in order (everything local, nothing downloaded):
 
 1. warm-up: builds the smoke run's tiny Qwen2 and its Qwen2Tokenizer (byte-level, ChatML,
    `</think>`) and warms it up with a short supervised pass on small sums written as
-   `</think>ANSWER<|im_end|>`, so rewards vary within a group (erc_verl/cpu/smoke.py,
+   `</think>ANSWER<|im_end|>`, so rewards vary within a group (erc_verl/rehearsal/smoke.py,
    `prepare_assets`; cached under OUT/.cache);
 2. for each loss mode (default: `vanilla`, the DAPO baseline, PPO-clip 0.2/0.28, dual-clip 10,
    with `entropy_ratio_monitor: true`; and `dapo_erc`, the same plus the band (0.95, 1.05)),
@@ -15,8 +15,8 @@ What it does, in order (everything local, nothing downloaded):
 3. reads verl's file-logger JSONL of both runs and the gate audit, and writes `demo.png`
    (reward, entropy, ERC keep fraction, grad norm per step), `summary.md` and `checks.json`.
 
-The ERC gate check is a real gradient check (erc_verl/cpu/gate_audit.py): the demo adds
-`erc_verl.cpu.gate_audit` to `VERL_USE_EXTERNAL_MODULES` in the Ray runtime environment, so
+The ERC gate check is a real gradient check (erc_verl/rehearsal/gate_audit.py): the demo adds
+`erc_verl.rehearsal.gate_audit` to `VERL_USE_EXTERNAL_MODULES` in the Ray runtime environment, so
 verl imports it in every worker; there it wraps the registered losses and, on every
 micro-batch of the update, takes d pg_loss / d log_prob with `torch.autograd.grad` and counts
 response tokens whose entropy ratio is out of band yet got a non-zero gradient. The check
@@ -46,7 +46,7 @@ MODES = {
     "gppo_erc": ("gppo_erc_qwen1.5b", 0.2, 0.2),
 }
 ERC_MODES = ("dapo_erc", "gppo_erc")
-GATE_AUDIT_MODULE = "erc_verl.cpu.gate_audit"
+GATE_AUDIT_MODULE = "erc_verl.rehearsal.gate_audit"
 GATE_AUDIT_ENV = "ERC_VERL_GATE_AUDIT"  # = gate_audit.ENV (not imported here: that module hooks verl)
 RUNTIME_ENV = "ray_kwargs.ray_init.runtime_env.env_vars"
 # Keys every run's training steps must carry in verl's file log.
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .smoke import ModelSpec
 
     spec = ModelSpec()  # the smoke run's warm start, so `launch.sh --smoke` and the demo share it
-    g = parser.add_argument_group("model and warm-up (erc_verl/cpu/smoke.py's ModelSpec)")
+    g = parser.add_argument_group("model and warm-up (erc_verl/rehearsal/smoke.py's ModelSpec)")
     g.add_argument("--max-operand", type=int, default=spec.max_operand, help="addition operands are drawn from 0..MAX_OPERAND")
     g.add_argument("--hidden-size", type=int, default=spec.hidden_size, help="tiny Qwen2 hidden size")
     g.add_argument("--layers", type=int, default=spec.layers, help="tiny Qwen2 decoder layers")
@@ -530,6 +530,6 @@ def demo_main(args) -> int:
 
 
 if __name__ == "__main__":
-    from erc_verl.repro.cli import main as cli_main
+    from erc_verl.cli import main as cli_main
 
     sys.exit(cli_main(["demo", *sys.argv[1:]]))

@@ -183,7 +183,7 @@ def write_data(data_dir: Path, spec: ModelSpec = ModelSpec(), n_train: int = 512
         rows = []
         for i in range(n):
             q, a = make_problem(rng, spec.max_operand)
-            rows.append(convert_row(src, {"problem": q, "answer": a, "id": i}, i, "erc_verl.cpu.smoke"))
+            rows.append(convert_row(src, {"problem": q, "answer": a, "id": i}, i, "erc_verl.rehearsal.smoke"))
         path = data_dir / f"{name}.parquet"
         write_parquet(rows, path)
         out[split] = path
@@ -435,7 +435,7 @@ def read_file_log(path: Path) -> dict[int, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="launch.sh --smoke",
-        description="Run a recipe through verl's main_ppo on CPU with a tiny model (see erc_verl/cpu/smoke.py).",
+        description="Run a recipe through verl's main_ppo on CPU with a tiny model (see erc_verl/rehearsal/smoke.py).",
     )
     parser.add_argument("recipe", help="a recipe name in recipes/ (e.g. dapo_erc_qwen1.5b)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, applied last")
