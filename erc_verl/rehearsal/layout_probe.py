@@ -8,6 +8,14 @@ appends one JSON line {"rank", "world_size", "node_id", "hostname", "pid", "micr
 node_id is `ray.get_runtime_context().get_node_id()` and micro_batches is the length of the list
 verl's `prepare_micro_batches` returned for that mini-batch. `summarize()` turns the file into
 layout.json's `nodes` and `micro_batches_per_mini_batch`.
+
+Placement like a GPU cluster's (with `ERC_VERL_WORKER_SLOT` set, a layout of several nodes):
+on GPUs, verl's placement group for a node asks for one GPU per worker, so each group fills one
+node. On the CPU platform a worker's bundle asks only for a CPU, and Ray may pack every group
+onto the first node. The smoke starts each Ray node with `--resources` holding GPUS_PER_NODE
+units of the resource named in ERC_VERL_WORKER_SLOT, and this module adds one unit to every
+bundle of verl's worker placement groups (`verl.single_controller.ray.base.placement_group`,
+the one call that makes them), so each node's group lands on a node of its own, as on GPUs.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import socket
 from erc_verl.integration.hooks import after_import
 
 ENV = "ERC_VERL_LAYOUT_PROBE"
+SLOT_ENV = "ERC_VERL_WORKER_SLOT"
+SLOT_RESOURCE = "erc_verl_worker_slot"
 MODULE = "erc_verl.rehearsal.layout_probe"
 _MARK = "_erc_verl_layout_probe"
 _MICRO: contextvars.ContextVar = contextvars.ContextVar("erc_layout_micro", default=None)
@@ -97,5 +107,20 @@ def summarize(path) -> dict:
     }
 
 
+def _patch_placement(module) -> None:
+    resource = os.environ.get(SLOT_ENV)
+    inner = getattr(module, "placement_group", None)
+    if not resource or inner is None or getattr(inner, _MARK, False):
+        return
+
+    def placement_group(bundles, *args, **kwargs):
+        return inner([{**b, resource: 1} for b in bundles], *args, **kwargs)
+
+    setattr(placement_group, _MARK, True)
+    module.placement_group = placement_group
+
+
 if os.environ.get(ENV):
     after_import("verl.workers.engine.fsdp.transformer_impl", _patch)
+if os.environ.get(SLOT_ENV):
+    after_import("verl.single_controller.ray.base", _patch_placement)

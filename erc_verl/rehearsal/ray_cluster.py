@@ -1,7 +1,10 @@
 """A local Ray cluster of several nodes on one machine, started with the multi-node guide's commands.
 
-    ray start --head --port=P --num-cpus=C --num-gpus=0 --temp-dir=T --include-dashboard=false ... --block
-    ray start --address=HOST:P --num-cpus=C --num-gpus=0 --temp-dir=T ... --block      (once per other node)
+    ray start --head --port=P --num-cpus=C --num-gpus=0 --temp-dir=T/n0 --resources=R ... --block
+    ray start --address=HOST:P --num-cpus=C --num-gpus=0 --temp-dir=T/n1 --resources=R ... --block   (per other node)
+
+(R gives each node GPUS_PER_NODE worker slots, where a GPU node has GPUS_PER_NODE GPUs; see
+layout_probe.py.)
 
 Each `ray start` runs with `--block` in its own process group, so this module holds the pid of
 every process it started: `ray start --block` stays in the foreground and, on SIGTERM, shuts
@@ -17,6 +20,7 @@ is what this rehearses.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -48,8 +52,10 @@ def _ray_executable() -> str:
 class LocalRayCluster:
     """`with LocalRayCluster(nnodes) as cluster:` ... `cluster.address`; torn down on any exit."""
 
-    def __init__(self, nnodes: int, num_cpus: int = 16, log=print, start_timeout: float = 180.0, temp_dir=None):
+    def __init__(self, nnodes: int, num_cpus: int = 16, log=print, start_timeout: float = 180.0, temp_dir=None,
+                 resources: dict | None = None):
         self.nnodes, self.num_cpus, self.log, self.start_timeout = nnodes, num_cpus, log, start_timeout
+        self.resources = resources or {}
         self.temp_dir = Path(temp_dir) if temp_dir else private_temp_dir()
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -63,11 +69,20 @@ class LocalRayCluster:
 
     def node_commands(self) -> list[list[str]]:
         ray = _ray_executable()
-        common = [f"--num-cpus={self.num_cpus}", "--num-gpus=0", f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
-        head = [ray, "start", "--head", f"--port={self.port}", f"--node-ip-address={self.host}", *common,
-                "--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}", "--block"]
-        workers = [[ray, "start", f"--address={self.address}", f"--node-ip-address={self.host}", *common,
-                    f"--dashboard-agent-listen-port={free_port()}", "--block"] for _ in range(self.nnodes - 1)]
+
+        def common(i: int) -> list[str]:
+            # A temp dir per node, as on separate machines: each node's log monitor streams its own
+            # workers' output once.
+            out = [f"--num-cpus={self.num_cpus}", "--num-gpus=0", f"--temp-dir={self.temp_dir}/n{i}",
+                   "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}"]
+            if self.resources:
+                out.append("--resources=" + json.dumps(self.resources, separators=(",", ":")))
+            return out
+
+        head = [ray, "start", "--head", f"--port={self.port}", f"--node-ip-address={self.host}", *common(0),
+                "--include-dashboard=false", "--block"]
+        workers = [[ray, "start", f"--address={self.address}", f"--node-ip-address={self.host}", *common(i), "--block"]
+                   for i in range(1, self.nnodes)]
         return [head, *workers]
 
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:

@@ -109,6 +109,7 @@ def build_smoke(
     ray_address: str | None = None,
     ray_temp_dir: Path | None = None,
     probe: bool = False,
+    worker_slots: bool = False,
     prepare: bool = True,
     stamp: str | None = None,
     log=print,
@@ -148,6 +149,9 @@ def build_smoke(
             (f"++{RUNTIME_ENV}.VERL_USE_EXTERNAL_MODULES='{modules}'", "erc_verl, and the layout probe (layout.json)"),
             (f"++{RUNTIME_ENV}.{layout_probe.ENV}={probe_file}", "each training rank records its Ray node there"),
         ]
+    if worker_slots:
+        overrides.append((f"++{RUNTIME_ENV}.{layout_probe.SLOT_ENV}={layout_probe.SLOT_RESOURCE}",
+                          "one worker slot per bundle: each node's workers on a Ray node of their own, as GPUs do"))
     cmd = [
         python or sys.executable, "-m", "verl.trainer.main_ppo",
         "--config-path", str(recipes_dir), "--config-name", recipe,
@@ -307,10 +311,12 @@ def _main(args, t0: float) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     recipe_dir = (Path.cwd() / DEFAULT_OUT / recipe).resolve()
     shown_dir = run_dir if run_dir is not None else recipe_dir / stamp
-    cluster = LocalRayCluster(layout.nnodes, RAY_CPUS_PER_NODE, log=print) if layout.nnodes > 1 else None
+    cluster = (LocalRayCluster(layout.nnodes, RAY_CPUS_PER_NODE, log=print,
+                               resources={layout_probe.SLOT_RESOURCE: layout.workers_per_node})
+               if layout.nnodes > 1 else None)
     ray_temp = None if cluster else private_temp_dir()
     kwargs = dict(steps=args.steps, run_dir=shown_dir, cache_dir=args.cache, layout=layout,
-                  ray_address=cluster.address if cluster else None, ray_temp_dir=ray_temp, probe=True, stamp=stamp)
+                  ray_address=cluster.address if cluster else None, ray_temp_dir=ray_temp, probe=True, worker_slots=cluster is not None, stamp=stamp)
 
     if args.dry_run:
         plan = build_smoke(recipe, DEFAULT_OUT, args.overrides, prepare=False, **kwargs)
