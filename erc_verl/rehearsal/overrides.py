@@ -38,7 +38,7 @@ class Layout:
             why = f" (the recipe's own; it divides world size {self.world_size})"
         else:
             why = (f" (the recipe's {self.recipe_ulysses} does not divide world size {self.world_size}; "
-                   f"{self.ulysses} is the largest size up to it that does)")
+                   f"{self.ulysses} is the largest size up to it that divides it and the tiny model's heads)")
         return [
             f"# layout: {self.nnodes} node(s) x {self.workers_per_node} CPU worker(s) = world size {self.world_size}",
             f"# Ulysses sequence parallel: {self.ulysses}{why}",
@@ -46,10 +46,15 @@ class Layout:
         ]
 
 
-def pick_ulysses(recipe_size: int | None, world_size: int) -> int:
-    """The recipe's Ulysses size when it divides the world size, else the largest size below it that does."""
+def pick_ulysses(recipe_size: int | None, world_size: int, heads: int | None = None) -> int:
+    """The recipe's Ulysses size when it divides the world size, else the largest size below it that does.
+
+    heads: the model's attention heads; Ulysses splits them across the group, so a size must
+    divide them too.
+    """
     top = max(1, recipe_size or 1)
-    return max(d for d in range(1, min(top, world_size) + 1) if world_size % d == 0)
+    return max(d for d in range(1, min(top, world_size) + 1)
+               if world_size % d == 0 and (heads is None or heads % d == 0))
 
 
 def smoke_overrides(

@@ -199,7 +199,7 @@ def layout_from_env(recipe: str, recipes_dir: Path, extra: list[str]) -> Layout:
     nnodes, per_node = _positive_env("NNODES"), _positive_env("GPUS_PER_NODE")
     nnodes, per_node = nnodes or 1, per_node or 1
     recipe_sp = recipe_ulysses(recipe, recipes_dir, extra)
-    return Layout(nnodes, per_node, pick_ulysses(recipe_sp, nnodes * per_node), recipe_sp)
+    return Layout(nnodes, per_node, pick_ulysses(recipe_sp, nnodes * per_node, ModelSpec().heads), recipe_sp)
 
 
 def recipe_ulysses(recipe: str, recipes_dir: Path, extra: list[str]) -> int | None:
