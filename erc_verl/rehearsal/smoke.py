@@ -27,6 +27,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -342,6 +343,11 @@ def _main(args, t0: float) -> int:
     marker = start_launch(run_dir, recipe, model_dir, stamp, sys.argv[1:])
 
     rc, status = None, "failed"
+
+    def on_sigterm(signum, frame):  # `kill PID` or a job timeout: stop main_ppo and the cluster like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         if cluster is not None:
             cluster.start()
@@ -356,6 +362,7 @@ def _main(args, t0: float) -> int:
     except RuntimeError as err:  # the local Ray cluster did not come up
         print(f"[smoke] {err}", file=sys.stderr)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if cluster is not None:
             cluster.stop()
             cluster.remove_temp_dir()
