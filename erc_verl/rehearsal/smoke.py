@@ -37,7 +37,6 @@ from . import layout_probe
 from .overrides import POLL_S, RAY_CPUS_PER_NODE, RUNTIME_ENV, Layout, pick_ulysses, smoke_overrides
 from .ray_cluster import LocalRayCluster, private_temp_dir
 from .run_folder import (
-    LATEST,
     MARKER,
     finish_launch,
     is_run_folder,
@@ -317,7 +316,8 @@ def _main(args, t0: float) -> int:
                if layout.nnodes > 1 else None)
     ray_temp = None if cluster else private_temp_dir()
     kwargs = dict(steps=args.steps, run_dir=shown_dir, cache_dir=args.cache, layout=layout,
-                  ray_address=cluster.address if cluster else None, ray_temp_dir=ray_temp, probe=True, worker_slots=cluster is not None, stamp=stamp)
+                  ray_address=cluster.address if cluster else None, ray_temp_dir=ray_temp, probe=True,
+                  worker_slots=cluster is not None, stamp=stamp)
 
     if args.dry_run:
         plan = build_smoke(recipe, DEFAULT_OUT, args.overrides, prepare=False, **kwargs)
