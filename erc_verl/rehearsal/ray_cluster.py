@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 
+AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,15 +56,20 @@ class LocalRayCluster:
     """`with LocalRayCluster(nnodes) as cluster:` ... `cluster.address`; torn down on any exit."""
 
     def __init__(self, nnodes: int, num_cpus: int = 16, log=print, start_timeout: float = 180.0, temp_dir=None,
-                 resources: dict | None = None):
+                 resources: dict | None = None, log_dir: Path | None = None):
         self.nnodes, self.num_cpus, self.log, self.start_timeout = nnodes, num_cpus, log, start_timeout
         self.resources = resources or {}
+        self._log_dir = Path(log_dir) if log_dir else None
         self.temp_dir = Path(temp_dir) if temp_dir else private_temp_dir()
         self.port = free_port()
         self.host = "127.0.0.1"
         self.procs: list[subprocess.Popen] = []
         self.commands: list[list[str]] = []
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        # One authentication mode for every node and the driver: a head started by `ray start`
+        # turns token auth on by itself when ~/.ray/auth_token exists, a worker node does not,
+        # and the worker is then refused. The cluster is local and private; no token.
+        self.env.update(AUTH_ENV)
 
     @property
     def address(self) -> str:
@@ -85,8 +93,17 @@ class LocalRayCluster:
                    for i in range(1, self.nnodes)]
         return [head, *workers]
 
+    @property
+    def log_dir(self) -> Path:
+        """Where each `ray start` writes its output (kept after the cluster is gone)."""
+        return self._log_dir or self.temp_dir
+
+    def _out(self, name: str) -> Path:
+        return self.log_dir / f"ray-{name}.out"
+
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
-        out = open(self.temp_dir / f"{name}.out", "w")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self._out(name), "w")
         self.commands.append(cmd)
         self.log("[smoke] $ " + " ".join(cmd))
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
@@ -99,17 +116,19 @@ class LocalRayCluster:
         while time.time() < deadline:
             dead = [p for p in self.procs if p.poll() is not None]
             if dead:
-                raise RuntimeError(f"`ray start` exited with {dead[0].returncode} while waiting for {what}; "
-                                   f"its output: {self.temp_dir}")
+                i = self.procs.index(dead[0])
+                tail = self._out(f"node{i}").read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"`ray start` of node {i} exited with {dead[0].returncode} while waiting for "
+                                   f"{what} (output: {self._out(f'node{i}')}): " + " | ".join(tail))
             if ready():
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"Ray: {what} not ready after {self.start_timeout:.0f}s (output: {self.temp_dir})")
+        raise RuntimeError(f"Ray: {what} not ready after {self.start_timeout:.0f}s (output: {self.log_dir})")
 
     def _alive_nodes(self) -> int:
         # `ray start --block` logs this line once its node is up and registered with the head.
-        return sum("Ray runtime started" in (self.temp_dir / f"node{i}.out").read_text(errors="replace")
-                   for i in range(len(self.procs)) if (self.temp_dir / f"node{i}.out").exists())
+        return sum("Ray runtime started" in self._out(f"node{i}").read_text(errors="replace")
+                   for i in range(len(self.procs)) if self._out(f"node{i}").exists())
 
     def start(self) -> LocalRayCluster:
         cmds = self.node_commands()

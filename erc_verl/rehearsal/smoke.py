@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import layout_probe
 from .overrides import POLL_S, RAY_CPUS_PER_NODE, RUNTIME_ENV, Layout, pick_ulysses, smoke_overrides
-from .ray_cluster import LocalRayCluster, private_temp_dir
+from .ray_cluster import AUTH_ENV, LocalRayCluster, private_temp_dir
 from .run_folder import (
     MARKER,
     finish_launch,
@@ -173,6 +173,8 @@ def build_smoke(
     # Never join a cluster the smoke did not start: ray.init(address=...) is set explicitly, and
     # RAY_ADDRESS is cleared so nothing in the driver reads a stray one.
     env.pop("RAY_ADDRESS", None)
+    if ray_address is not None:
+        env.update(AUTH_ENV)  # the same mode as the smoke's cluster (ray_cluster.py)
     return SmokePlan(recipe, run_dir, file_log, cmd, env, overrides, list(extra_overrides), layout,
                      console_log=run_dir / "logs" / f"console-{stamp}.log", probe_file=probe_file,
                      ray_temp_dir=ray_temp_dir)
@@ -314,6 +316,8 @@ def _main(args, t0: float) -> int:
     cluster = (LocalRayCluster(layout.nnodes, RAY_CPUS_PER_NODE, log=print,
                                resources={layout_probe.SLOT_RESOURCE: layout.workers_per_node})
                if layout.nnodes > 1 else None)
+    if cluster is not None and run_dir is not None:
+        cluster._log_dir = run_dir / "logs"  # `ray start` output kept with the run
     ray_temp = None if cluster else private_temp_dir()
     kwargs = dict(steps=args.steps, run_dir=shown_dir, cache_dir=args.cache, layout=layout,
                   ray_address=cluster.address if cluster else None, ray_temp_dir=ray_temp, probe=True,
@@ -334,6 +338,8 @@ def _main(args, t0: float) -> int:
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
     kwargs["run_dir"] = run_dir
+    if cluster is not None:
+        cluster._log_dir = run_dir / "logs"  # `ray start` output kept with the run
     plan = build_smoke(recipe, DEFAULT_OUT, args.overrides, **kwargs)
     header = plan.describe()
     print(header, flush=True)
