@@ -164,8 +164,11 @@ def test_ulysses_size_is_the_recipes_when_it_divides_the_world():
     assert pick_ulysses(None, 4) == 1
 
 
-def test_the_multi_node_cluster_uses_ray_start_with_a_private_temp_dir():
+def test_the_multi_node_cluster_uses_ray_start_with_a_private_temp_dir(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.8.7:6379")
     cluster = LocalRayCluster(3, 16, resources={layout_probe.SLOT_RESOURCE: 2})
+    # never the stray cluster; one auth mode for head, worker nodes and driver
+    assert "RAY_ADDRESS" not in cluster.env and cluster.env["RAY_AUTH_MODE"] == "disabled"
     cmds = cluster.node_commands()
     assert len(cmds) == 3
     assert cmds[0][1:3] == ["start", "--head"] and f"--port={cluster.port}" in cmds[0]
