@@ -89,6 +89,15 @@ def test_out_refuses_a_folder_that_is_not_a_smoke_run(tmp_path):
 def test_a_run_that_fails_before_its_first_step_is_marked_and_keeps_everything_else(tmp_path):
     """Hydra refuses a misspelt key inside main_ppo, before Ray starts."""
     cache = tmp_path / "cache"
+    # A stand-in for the cached tiny model and data: main_ppo stops at Hydra, before reading them.
+    from erc_verl.rehearsal.tiny_model import asset_paths
+
+    model_dir, data = asset_paths(cache)
+    model_dir.mkdir(parents=True)
+    (model_dir / "erc_verl_smoke.json").write_text("{}\n")
+    for path in data.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
     recipe_dir = tmp_path / "runs" / "smoke" / RECIPE
     # An earlier run and a note of the user's, which a new run must leave alone.
     old = recipe_dir / "20200101-000000"
