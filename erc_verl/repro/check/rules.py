@@ -1,0 +1,11 @@
+"""Extra rules, each a function `(cfg) -> str | RecipeError | None`, called in this order after
+the layout checks (core.check_config) on the composed config. A string is the one-line problem
+and fix, reported under the rule function's name; a RecipeError names its own key.
+
+Add a rule by appending its function to RULES (import it here; keep the rule in the module that
+owns its subject).
+"""
+
+from __future__ import annotations
+
+RULES: list = []
