@@ -58,29 +58,42 @@ def test_out_must_be_a_folder(demo_only, tmp_path, capsys):
     assert target.read_text() == "x"
 
 
-def test_help_documents_every_option(demo_only, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["demo", "--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    parser = cli.build_parser()
-    demo_parser = parser._subparsers._group_actions[0].choices["demo"]
-    for action in demo_parser._actions:
-        for opt in action.option_strings:
-            assert opt in text, opt
-        if action.option_strings and action.dest != "help":
-            assert action.help, action.option_strings
-
-
-def test_demo_overrides_route_the_gate_audit_to_the_workers(tmp_path):
+def parse_demo_args(argv):
     import argparse
 
     from erc_verl.rehearsal import demo
 
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path)])
-    overrides = demo.demo_overrides(args, "dapo_erc", tmp_path / "gate_audit.ndjson")
+    return parser.parse_args(argv)
+
+
+def test_options_reach_main_ppo_and_the_warm_start(tmp_path):
+    from erc_verl.rehearsal import demo_runs
+
+    args = parse_demo_args([
+        "--out", str(tmp_path), "--steps", "3", "--seed", "7", "--prompts-per-step", "6", "--updates-per-batch", "3",
+        "--responses-per-prompt", "2", "--micro-batch-size", "2", "--lr", "0.01", "--band", "0.9", "1.1",
+        "--max-new-tokens", "5", "--temperature", "0.7", "--hidden-size", "32", "--heads", "2", "--sft-steps", "5",
+    ])
+    overrides = dict(o.split("=", 1) for o in demo_runs.demo_overrides(args, "dapo_erc", tmp_path / "a.ndjson"))
+    A, R = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
+    expected = {
+        "data.train_batch_size": "6", f"{R}.n": "2", f"{A}.ppo_mini_batch_size": "2",  # 6 prompts / 3 updates
+        f"{A}.ppo_micro_batch_size_per_gpu": "2", f"{A}.optim.lr": "0.01", f"{R}.temperature": "0.7",
+        f"{A}.policy_loss.entropy_ratio_low": "0.9", f"{A}.policy_loss.entropy_ratio_high": "1.1",
+        f"{R}.response_length": "5", "data.seed": "7", f"{R}.seed": "7", "trainer.test_freq": "3",
+    }
+    assert {k: overrides.get(k) for k in expected} == expected
+    spec = demo_runs.model_spec(args)
+    assert (spec.hidden_size, spec.heads, spec.kv_heads, spec.sft_steps, spec.seed) == (32, 2, 1, 5, 7)
+
+
+def test_demo_overrides_route_the_gate_audit_to_the_workers(tmp_path):
+    from erc_verl.rehearsal import demo_runs
+
+    args = parse_demo_args(["--out", str(tmp_path)])
+    overrides = demo_runs.demo_overrides(args, "dapo_erc", tmp_path / "gate_audit.ndjson")
     env = "ray_kwargs.ray_init.runtime_env.env_vars."
     assert f"{env}VERL_USE_EXTERNAL_MODULES='erc_verl,erc_verl.rehearsal.gate_audit'" in overrides
     assert f"++{env}ERC_VERL_GATE_AUDIT='{tmp_path / 'gate_audit.ndjson'}'" in overrides
