@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+
 from erc_verl.losses import fed_entropies
 from erc_verl.metrics import METRIC_NAMES
 

@@ -38,8 +38,18 @@ needs_pypi = pytest.mark.skipif(not _pypi_reachable(), reason="needs network acc
 def dry_run(tmp_path, *requirements, timeout=590):
     """`pip install --dry-run --ignore-installed --report`: {name: (version, url)} of what would be installed."""
     report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-           "--report", str(report), *requirements]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
+        "--report",
+        str(report),
+        *requirements,
+    ]
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -155,8 +165,13 @@ def test_setup_venv_torch_index(tmp_path, index):
     env.update(ERC_VERL_VENV=str(venv), PYTHON=str(_fake_python(tmp_path)))
     if index:
         env["ERC_VERL_TORCH_INDEX_URL"] = index
-    res = subprocess.run(["bash", "-c", f"source {ROOT / 'scripts' / 'setup_venv.sh'}"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["bash", "-c", f"source {ROOT / 'scripts' / 'setup_venv.sh'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     calls = (venv / "calls.log").read_text().splitlines()
     torch_step = next(c for c in calls if c.endswith("torch==2.13.0") and "-e" not in c.split())
@@ -171,17 +186,30 @@ def test_setup_venv_torch_index(tmp_path, index):
 
 def test_erc_verl_wrapper_runs_the_command_line(tmp_path):
     env = {**os.environ, "ERC_VERL_PYTHON": sys.executable}
-    res = subprocess.run([str(ROOT / "scripts" / "erc-verl"), "check", "--recipes-dir", "/nope"],
-                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "erc-verl"), "check", "--recipes-dir", "/nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert res.returncode == 2 and res.stderr.strip() == (
-        "erc-verl check: error: --recipes-dir /nope: no such folder; fix: the recipes/ folder of an erc-verl checkout")
+        "erc-verl check: error: --recipes-dir /nope: no such folder; fix: the recipes/ folder of an erc-verl checkout"
+    )
 
 
 def test_erc_verl_wrapper_uses_an_environment_where_the_package_is_installed(tmp_path):
     # No .venv, no ERC_VERL_PYTHON: ${PYTHON} is used when erc_verl is importable there.
     env = {k: v for k, v in os.environ.items() if k != "ERC_VERL_PYTHON"}
     env.update(ERC_VERL_VENV=str(tmp_path / "no-venv"), PYTHON=sys.executable)
-    res = subprocess.run([str(ROOT / "scripts" / "erc-verl"), "table", str(tmp_path / "missing")],
-                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "erc-verl"), "table", str(tmp_path / "missing")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert res.returncode == 2 and "no such log file or folder" in res.stderr
     assert "[setup]" not in res.stderr  # nothing was installed

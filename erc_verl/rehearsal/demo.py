@@ -61,9 +61,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + ", ".join(f"{m} ({r}.yaml, clip {lo}/{hi})" for m, (r, lo, hi) in MODES.items())
         + "; dual-clip 10 for all; baselines log the ERC monitor",
     )
-    g.add_argument("--band", type=float, nargs=2, default=(0.95, 1.05), metavar=("LOW", "HIGH"),
-                   help="ERC entropy-ratio band (low, high); also the band the baselines' monitor and the gate audit use")
-    g.add_argument("--threads", type=int, default=2, help="CPU threads per process (torch in the warm-up, OMP_NUM_THREADS in verl's workers)")
+    g.add_argument(
+        "--band",
+        type=float,
+        nargs=2,
+        default=(0.95, 1.05),
+        metavar=("LOW", "HIGH"),
+        help="ERC entropy-ratio band (low, high); also the band the baselines' monitor and the gate audit use",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="CPU threads per process (torch in the warm-up, OMP_NUM_THREADS in verl's workers)",
+    )
     g.add_argument("--timeout", type=float, default=900, help="seconds each main_ppo run may take before it is stopped")
     g.add_argument("--strict", action="store_true", help="exit with status 1 if a self-check fails")
     g.add_argument("--no-plot", action="store_true", help="skip the PNG figure")
@@ -71,27 +82,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     spec = smoke.ModelSpec()  # the smoke run's warm start, so `launch.sh --smoke` and the demo share it
     g = parser.add_argument_group("model and warm-up (erc_verl/rehearsal/smoke.py's ModelSpec)")
-    g.add_argument("--max-operand", type=int, default=spec.max_operand, help="addition operands are drawn from 0..MAX_OPERAND")
+    g.add_argument(
+        "--max-operand", type=int, default=spec.max_operand, help="addition operands are drawn from 0..MAX_OPERAND"
+    )
     g.add_argument("--hidden-size", type=int, default=spec.hidden_size, help="tiny Qwen2 hidden size")
     g.add_argument("--layers", type=int, default=spec.layers, help="tiny Qwen2 decoder layers")
     g.add_argument("--heads", type=int, default=spec.heads, help="attention heads (HEADS//2 key/value heads)")
-    g.add_argument("--sft-steps", type=int, default=spec.sft_steps,
-                   help="supervised warm-up steps (rewards must vary within a group, or dynamic sampling cannot fill a batch)")
+    g.add_argument(
+        "--sft-steps",
+        type=int,
+        default=spec.sft_steps,
+        help="supervised warm-up steps (rewards must vary within a group, or dynamic sampling cannot fill a batch)",
+    )
     g.add_argument("--sft-batch-size", type=int, default=spec.sft_batch_size, help="warm-up batch size")
     g.add_argument("--sft-lr", type=float, default=spec.sft_lr, help="warm-up AdamW learning rate")
 
     g = parser.add_argument_group("RL (verl overrides)")
     g.add_argument("--prompts-per-step", type=int, default=8, help="prompts per training step (data.train_batch_size)")
-    g.add_argument("--responses-per-prompt", type=int, default=4, help="responses per prompt, the GRPO group (rollout.n)")
-    g.add_argument("--updates-per-batch", type=int, default=4,
-                   help="optimizer steps (mini-batches) per training step; all but the first are off-policy "
-                   "(actor.ppo_mini_batch_size = PROMPTS_PER_STEP / UPDATES_PER_BATCH)")
-    g.add_argument("--micro-batch-size", type=int, default=8,
-                   help="sequences per forward/backward micro-batch (actor.ppo_micro_batch_size_per_gpu, "
-                   "rollout.log_prob_micro_batch_size_per_gpu; actor.use_dynamic_bsz=false)")
+    g.add_argument(
+        "--responses-per-prompt", type=int, default=4, help="responses per prompt, the GRPO group (rollout.n)"
+    )
+    g.add_argument(
+        "--updates-per-batch",
+        type=int,
+        default=4,
+        help="optimizer steps (mini-batches) per training step; all but the first are off-policy "
+        "(actor.ppo_mini_batch_size = PROMPTS_PER_STEP / UPDATES_PER_BATCH)",
+    )
+    g.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=8,
+        help="sequences per forward/backward micro-batch (actor.ppo_micro_batch_size_per_gpu, "
+        "rollout.log_prob_micro_batch_size_per_gpu; actor.use_dynamic_bsz=false)",
+    )
     g.add_argument("--lr", type=float, default=2e-3, help="actor AdamW learning rate (actor.optim.lr)")
     g.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
-    g.add_argument("--max-new-tokens", type=int, default=8, help="maximum response length in tokens (rollout.response_length)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=8, help="maximum response length in tokens (rollout.response_length)"
+    )
 
 
 def main(args) -> int:
@@ -113,12 +142,14 @@ def main(args) -> int:
     for name in ("demo.png", "summary.md", "checks.json"):
         (out / name).unlink(missing_ok=True)  # never leave a previous run's results beside this one's
     spec = model_spec(args)
-    log(f"[demo] warm-up: tiny Qwen2 (hidden {spec.hidden_size}, {spec.layers} layers) + Qwen2Tokenizer, "
-        f"{spec.sft_steps} SFT steps on a+b (cached in {out / '.cache'})")
+    log(
+        f"[demo] warm-up: tiny Qwen2 (hidden {spec.hidden_size}, {spec.layers} layers) + Qwen2Tokenizer, "
+        f"{spec.sft_steps} SFT steps on a+b (cached in {out / '.cache'})"
+    )
     t0 = time.time()
     model_dir, _ = smoke.prepare_assets(out / ".cache", spec, log=log)
     info = json.loads((model_dir / "erc_verl_smoke.json").read_text())
-    warm = (f"final SFT loss {info['sft_final_loss']:.3f}" if info.get("sft_final_loss") is not None else "no SFT")
+    warm = f"final SFT loss {info['sft_final_loss']:.3f}" if info.get("sft_final_loss") is not None else "no SFT"
     log(f"[demo] warm start ready in {time.time() - t0:.0f}s: {model_dir} ({warm})")
 
     runs = {}
@@ -144,7 +175,10 @@ def main(args) -> int:
     failed = [c["name"] for c in checks if c["gating"] and not c["ok"]]
     log(f"[demo] self-checks: {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
     if len(ran) < len(modes) or any(runs[m]["rc"] != 0 for m in ran):
-        log(f"[demo] not run: {', '.join(m for m in modes if m not in ran) or 'none'}; a main_ppo run failed (see above)")
+        log(
+            f"[demo] not run: {', '.join(m for m in modes if m not in ran) or 'none'}; "
+            "a main_ppo run failed (see above)"
+        )
         return 1  # a run that did not finish is an error with or without --strict
     return 1 if failed and args.strict else 0
 
@@ -161,4 +195,3 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 def demo_main(args) -> int:
     return main(args)
-

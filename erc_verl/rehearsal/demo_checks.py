@@ -33,6 +33,10 @@ def _window(n: int) -> int:
     return max(1, min(5, n // 3))
 
 
+def _status(rc) -> str:
+    return "exit 0" if rc == 0 else "timed out" if rc is None else f"exit {rc}"
+
+
 def self_checks(args, modes, runs) -> list[dict]:
     """Each check: name, ok, gating (False: reported only, never fails --strict), detail."""
     checks = []
@@ -42,29 +46,48 @@ def self_checks(args, modes, runs) -> list[dict]:
         rows = training_rows(run)
         missing = sorted({k for _, m in rows for k in REQUIRED_KEYS if k not in m})
         ok = run["rc"] == 0 and len(rows) == args.steps and not missing
-        checks.append({
-            "name": f"run_complete[{mode}]", "ok": ok, "gating": True,
-            "detail": (f"main_ppo {'exit 0' if run['rc'] == 0 else 'timed out' if run['rc'] is None else 'exit ' + str(run['rc'])}"
-                       f" in {run['wall_s']:.0f}s; {len(rows)} of {args.steps} training steps in verl's file log"
-                       + (f"; missing keys: {', '.join(missing)}" if missing
-                          else "; every step has " + ", ".join(REQUIRED_KEYS[:4]) if rows else "")
-                       + f" (log: {run['log_path']})"),
-        })
+        checks.append(
+            {
+                "name": f"run_complete[{mode}]",
+                "ok": ok,
+                "gating": True,
+                "detail": (
+                    f"main_ppo {_status(run['rc'])}"
+                    f" in {run['wall_s']:.0f}s; {len(rows)} of {args.steps} training steps in verl's file log"
+                    + (
+                        f"; missing keys: {', '.join(missing)}"
+                        if missing
+                        else "; every step has " + ", ".join(REQUIRED_KEYS[:4])
+                        if rows
+                        else ""
+                    )
+                    + f" (log: {run['log_path']})"
+                ),
+            }
+        )
     # The gate: zero gradient out of band for ERC, measured in the worker.
     for mode in modes:
         a, rows = runs[mode]["audit"], training_rows(runs[mode])
         keep = [m.get("actor/erc_keep_frac") for _, m in rows]
         keep = [k for k in keep if isinstance(k, (int, float))]
-        counts = (f"{a.get('checked', 0)} loss calls checked in worker pid(s) {a.get('pids', [])} "
-                  f"({a.get('unchecked', 0)} unchecked{': ' + '; '.join(a.get('why_unchecked', [])) if a.get('unchecked') else ''}); "
-                  f"{a.get('out_of_band', 0)} response tokens had entropy ratio outside ({low}, {high}), "
-                  f"{a.get('out_of_band_with_grad', 0)} of them got a non-zero d pg_loss/d log_prob "
-                  f"(max |grad| {a.get('max_abs_grad_out_of_band', 0.0):.3g}); "
-                  f"{a.get('in_band_with_grad', 0)} of {a.get('in_band', 0)} in-band tokens got gradient; "
-                  f"lowest logged actor/erc_keep_frac {min(keep) if keep else float('nan'):.3f}")
+        why = ": " + "; ".join(a.get("why_unchecked", [])) if a.get("unchecked") else ""
+        counts = (
+            f"{a.get('checked', 0)} loss calls checked in worker pid(s) {a.get('pids', [])} "
+            f"({a.get('unchecked', 0)} unchecked{why}); "
+            f"{a.get('out_of_band', 0)} response tokens had entropy ratio outside ({low}, {high}), "
+            f"{a.get('out_of_band_with_grad', 0)} of them got a non-zero d pg_loss/d log_prob "
+            f"(max |grad| {a.get('max_abs_grad_out_of_band', 0.0):.3g}); "
+            f"{a.get('in_band_with_grad', 0)} of {a.get('in_band', 0)} in-band tokens got gradient; "
+            f"lowest logged actor/erc_keep_frac {min(keep) if keep else float('nan'):.3f}"
+        )
         if mode in ERC_MODES:
-            ok = (a.get("checked", 0) > 0 and a.get("unchecked", 0) == 0 and a.get("out_of_band", 0) > 0
-                  and a.get("out_of_band_with_grad", 1) == 0 and a.get("in_band_with_grad", 0) > 0)
+            ok = (
+                a.get("checked", 0) > 0
+                and a.get("unchecked", 0) == 0
+                and a.get("out_of_band", 0) > 0
+                and a.get("out_of_band_with_grad", 1) == 0
+                and a.get("in_band_with_grad", 0) > 0
+            )
             checks.append({"name": f"erc_gate[{mode}]", "ok": ok, "gating": True, "detail": counts})
         else:
             # The contrast: the same spy sees gradient on out-of-band tokens when nothing gates them.
@@ -78,8 +101,13 @@ def self_checks(args, modes, runs) -> list[dict]:
         k = _window(len(rows))
         scores = [m["critic/score/mean"] for _, m in rows]
         first, last = _mean(scores[:k]), _mean(scores[-k:])
-        checks.append({
-            "name": f"reward_trend[{mode}]", "ok": last > first, "gating": False,
-            "detail": f"critic/score/mean over the first {k} steps {first:.3f} -> last {k} steps {last:.3f} (reported only)",
-        })
+        checks.append(
+            {
+                "name": f"reward_trend[{mode}]",
+                "ok": last > first,
+                "gating": False,
+                "detail": f"critic/score/mean over the first {k} steps {first:.3f} -> last {k} steps {last:.3f} "
+                "(reported only)",
+            }
+        )
     return checks

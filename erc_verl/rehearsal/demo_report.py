@@ -22,7 +22,7 @@ def plot(path: Path, modes, runs) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
-    for ax, (key, title) in zip(axes.flat, PLOTS):
+    for ax, (key, title) in zip(axes.flat, PLOTS, strict=True):
         for mode in modes:
             rows = training_rows(runs[mode])
             ax.plot([s for s, _ in rows], [m.get(key, float("nan")) for _, m in rows], label=mode, lw=1.4, marker=".")
@@ -42,8 +42,11 @@ def plot(path: Path, modes, runs) -> None:
 
 def summary_table(args, modes, runs) -> str:
     k = _window(args.steps)
-    head = (f"| run | recipe | clip low/high | reward first {k} steps | reward last {k} steps | entropy first -> last "
-            "| mean ERC keep frac | min ERC keep frac | max grad_norm | out-of-band tokens with gradient (gate audit) | wall s |")
+    head = (
+        f"| run | recipe | clip low/high | reward first {k} steps | reward last {k} steps | entropy first -> last "
+        "| mean ERC keep frac | min ERC keep frac | max grad_norm "
+        "| out-of-band tokens with gradient (gate audit) | wall s |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in modes:
         run = runs[mode]
@@ -60,7 +63,8 @@ def summary_table(args, modes, runs) -> str:
             f"| {mode}{' (ERC)' if mode in ERC_MODES else ''} | {recipe} | {lo}/{hi} "
             f"| {_mean(col('critic/score/mean')[:k]):.3f} | {_mean(col('critic/score/mean')[-k:]):.3f} "
             f"| {(f'{ent[0]:.3f} -> {ent[-1]:.3f}' if ent else 'n/a')} "
-            f"| {_mean(keep):.3f} | {(f'{min(keep):.3f}' if keep else 'n/a')} | {(f'{max(grad):.3f}' if grad else 'n/a')} "
+            f"| {_mean(keep):.3f} | {(f'{min(keep):.3f}' if keep else 'n/a')} "
+            f"| {(f'{max(grad):.3f}' if grad else 'n/a')} "
             f"| {a.get('out_of_band_with_grad', 0)} of {a.get('out_of_band', 0)} | {run['wall_s']:.0f} |"
         )
     return "\n".join(lines)
@@ -75,8 +79,9 @@ def write_summary(path: Path, args, modes, runs, checks, warm, total_s) -> str:
         f"a+b (operands 0..{args.max_operand}; {warm}). Each run: its recipe through `python -m verl.trainer.main_ppo` "
         f"on CPU (rollout backend `hf`, FSDP2, V1 trainer, DAPO dynamic sampling on `acc`, the recipes' reward), "
         f"{args.steps} steps of {args.prompts_per_step} prompts x {args.responses_per_prompt} responses at temperature "
-        f"{args.temperature}, {args.updates_per_batch} mini-batches of {mini * args.responses_per_prompt} sequences per "
-        f"step (all but the first off-policy), lr {args.lr}, seed {args.seed}, ERC band ({args.band[0]}, {args.band[1]}). "
+        f"{args.temperature}, {args.updates_per_batch} mini-batches of {mini * args.responses_per_prompt} "
+        f"sequences per step (all but the first off-policy), lr {args.lr}, seed {args.seed}, "
+        f"ERC band ({args.band[0]}, {args.band[1]}). "
         "Every number below is read from verl's file log (`logs/metrics-*.jsonl` in each run folder), except the "
         "gate audit's token counts (`gate_audit.ndjson`, written by the spy in verl's actor worker). Baselines run "
         "with `entropy_ratio_monitor` on: their keep fraction is what ERC *would* keep; their gradient is untouched.",
@@ -92,7 +97,12 @@ def write_summary(path: Path, args, modes, runs, checks, warm, total_s) -> str:
     for c in checks:
         tag = ("PASS" if c["ok"] else "FAIL") if c["gating"] else ("ok" if c["ok"] else "note")
         text.append(f"- **{tag}** `{c['name']}`: {c['detail']}")
-    text += ["", "Run folders: " + ", ".join(f"`{runs[m]['plan'].run_dir}`" for m in modes) + ".",
-             "", f"Total wall time {total_s:.0f} s.", ""]
+    text += [
+        "",
+        "Run folders: " + ", ".join(f"`{runs[m]['plan'].run_dir}`" for m in modes) + ".",
+        "",
+        f"Total wall time {total_s:.0f} s.",
+        "",
+    ]
     path.write_text("\n".join(text))
     return "\n".join(text)

@@ -29,9 +29,15 @@ RUNTIME_ENV = "ray_kwargs.ray_init.runtime_env.env_vars"
 
 def model_spec(args):
     return smoke.ModelSpec(
-        hidden_size=args.hidden_size, layers=args.layers, heads=args.heads, kv_heads=max(1, args.heads // 2),
-        max_operand=args.max_operand, sft_steps=args.sft_steps, sft_batch_size=args.sft_batch_size,
-        sft_lr=args.sft_lr, seed=args.seed,
+        hidden_size=args.hidden_size,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=max(1, args.heads // 2),
+        max_operand=args.max_operand,
+        sft_steps=args.sft_steps,
+        sft_batch_size=args.sft_batch_size,
+        sft_lr=args.sft_lr,
+        seed=args.seed,
     )
 
 
@@ -82,14 +88,17 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
     recipe = MODES[mode][0]
     # build_smoke replaces OUT/RECIPE (verl resumes from a checkpoint it finds there).
     audit_path = (out / recipe / "gate_audit.ndjson").resolve()  # = plan.run_dir below
-    plan = smoke.build_smoke(recipe, out, demo_overrides(args, mode, audit_path), steps=args.steps, spec=spec,
-                             log=lambda *a, **k: None)
+    plan = smoke.build_smoke(
+        recipe, out, demo_overrides(args, mode, audit_path), steps=args.steps, spec=spec, log=lambda *a, **k: None
+    )
     audit_path.unlink(missing_ok=True)
     (plan.run_dir / "overrides.txt").write_text(plan.describe() + "\n")
     log_path = plan.run_dir / "main_ppo.log"
     env = dict(plan.env, OMP_NUM_THREADS=str(args.threads))
-    log(f"[demo] {mode}: {recipe}.yaml through verl.trainer.main_ppo, {args.steps} steps "
-        f"(command and overrides: {plan.run_dir / 'overrides.txt'}; output: {log_path})")
+    log(
+        f"[demo] {mode}: {recipe}.yaml through verl.trainer.main_ppo, {args.steps} steps "
+        f"(command and overrides: {plan.run_dir / 'overrides.txt'}; output: {log_path})"
+    )
     t0 = time.time()
 
     def on_line(line: str) -> None:
@@ -107,9 +116,11 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
             except (KeyError, ValueError):
                 return "n/a"
 
-        log(f"[{mode}] step {fields['step']}/{args.steps}  reward {num('critic/score/mean')}  "
+        log(
+            f"[{mode}] step {fields['step']}/{args.steps}  reward {num('critic/score/mean')}  "
             f"entropy {num('actor/entropy')}  keep {num('actor/erc_keep_frac')}  "
-            f"grad_norm {num('actor/grad_norm')}  ({time.time() - t0:.0f}s)")
+            f"grad_norm {num('actor/grad_norm')}  ({time.time() - t0:.0f}s)"
+        )
 
     rc = smoke.run_main_ppo(plan, timeout=args.timeout, capture=log_path, on_line=on_line, env=env)
     if rc is None:
@@ -121,8 +132,17 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
     audit = read_audit(audit_path)
     status = "ok" if rc == 0 else ("timed out" if rc is None else f"exit {rc}")
     log(f"[demo] {mode}: main_ppo {status} after {wall:.0f}s; file log {plan.file_log}")
-    return {"mode": mode, "recipe": recipe, "plan": plan, "rc": rc, "wall_s": wall, "steps": steps,
-            "audit": audit.get(mode, {}), "audit_path": audit_path, "log_path": log_path}
+    return {
+        "mode": mode,
+        "recipe": recipe,
+        "plan": plan,
+        "rc": rc,
+        "wall_s": wall,
+        "steps": steps,
+        "audit": audit.get(mode, {}),
+        "audit_path": audit_path,
+        "log_path": log_path,
+    }
 
 
 def training_rows(run: dict) -> list[tuple[int, dict]]:

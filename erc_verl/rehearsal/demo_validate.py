@@ -11,6 +11,7 @@ from erc_verl.repro.errors import UserError
 
 from .demo_runs import MODES
 
+
 def _fix(flag: str, problem: str, fix: str) -> UserError:
     return UserError(f"{flag}: {problem}; {fix}")
 
@@ -19,12 +20,19 @@ def validate(args) -> list[str]:
     """All argument checks, before anything is created. Returns the loss modes."""
     modes = [m.strip() for m in str(args.loss_modes).split(",") if m.strip()]
     if not modes:
-        raise _fix("--loss-modes", "no loss mode given", f"give one or more of {','.join(MODES)}, e.g. --loss-modes vanilla,dapo_erc")
+        raise _fix(
+            "--loss-modes",
+            "no loss mode given",
+            f"give one or more of {','.join(MODES)}, e.g. --loss-modes vanilla,dapo_erc",
+        )
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         hint = difflib.get_close_matches(unknown[0], list(MODES), n=1)
-        raise _fix("--loss-modes", f"unknown loss mode {unknown[0]!r}",
-                   (f"did you mean {hint[0]!r}? " if hint else "") + f"choose from {', '.join(MODES)}")
+        raise _fix(
+            "--loss-modes",
+            f"unknown loss mode {unknown[0]!r}",
+            (f"did you mean {hint[0]!r}? " if hint else "") + f"choose from {', '.join(MODES)}",
+        )
     if len(set(modes)) != len(modes):
         raise _fix("--loss-modes", "a mode is listed twice", "list each mode once")
 
@@ -46,25 +54,43 @@ def validate(args) -> list[str]:
     at_least("--heads", args.heads, 1)
     at_least("--sft-steps", args.sft_steps, 0)
     at_least("--sft-batch-size", args.sft_batch_size, 1)
-    for flag, value in (("--lr", args.lr), ("--sft-lr", args.sft_lr), ("--temperature", args.temperature),
-                        ("--timeout", args.timeout)):
+    for flag, value in (
+        ("--lr", args.lr),
+        ("--sft-lr", args.sft_lr),
+        ("--temperature", args.temperature),
+        ("--timeout", args.timeout),
+    ):
         if not (value > 0 and math.isfinite(value)):
             raise _fix(flag, f"{value} is not allowed", "give a positive number")
     if args.max_operand > 999:
-        raise _fix("--max-operand", f"{args.max_operand} is too large for the prompt and response lengths", "give at most 999")
+        raise _fix(
+            "--max-operand", f"{args.max_operand} is too large for the prompt and response lengths", "give at most 999"
+        )
     if args.hidden_size % args.heads or (args.hidden_size // args.heads) % 2:
-        raise _fix("--hidden-size", f"{args.hidden_size} is not HEADS ({args.heads}) x an even head size",
-                   "e.g. --hidden-size 64 --heads 4")
+        raise _fix(
+            "--hidden-size",
+            f"{args.hidden_size} is not HEADS ({args.heads}) x an even head size",
+            "e.g. --hidden-size 64 --heads 4",
+        )
     low, high = args.band
     if not 0 < low < 1 < high:
-        raise _fix("--band", f"({low}, {high}) is not a band around 1", "give 0 < LOW < 1 < HIGH, e.g. --band 0.95 1.05")
+        raise _fix(
+            "--band", f"({low}, {high}) is not a band around 1", "give 0 < LOW < 1 < HIGH, e.g. --band 0.95 1.05"
+        )
     if args.prompts_per_step % args.updates_per_batch:
-        raise _fix("--updates-per-batch", f"{args.updates_per_batch} does not divide --prompts-per-step {args.prompts_per_step}",
-                   "verl splits a step's prompts into equal mini-batches; pick a divisor")
+        raise _fix(
+            "--updates-per-batch",
+            f"{args.updates_per_batch} does not divide --prompts-per-step {args.prompts_per_step}",
+            "verl splits a step's prompts into equal mini-batches; pick a divisor",
+        )
     mini = args.prompts_per_step // args.updates_per_batch * args.responses_per_prompt
     if mini % args.micro_batch_size:
-        raise _fix("--micro-batch-size", f"{args.micro_batch_size} does not divide the mini-batch of {mini} sequences "
-                   f"(PROMPTS_PER_STEP / UPDATES_PER_BATCH x RESPONSES_PER_PROMPT)", "pick a divisor")
+        raise _fix(
+            "--micro-batch-size",
+            f"{args.micro_batch_size} does not divide the mini-batch of {mini} sequences "
+            f"(PROMPTS_PER_STEP / UPDATES_PER_BATCH x RESPONSES_PER_PROMPT)",
+            "pick a divisor",
+        )
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _fix("--out", f"{out} exists and is not a folder", "name a folder")
