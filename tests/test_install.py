@@ -1,4 +1,4 @@
-"""The install steps the README documents, resolved by pip against PyPI (no build, no download
+"""The install steps docs/install.md documents, resolved by pip against PyPI (no build, no download
 of the packages themselves: `pip install --dry-run --report`), and the torch APIs the package
 uses, against the installed torch (2.13.0 in the CPU tests). torch 2.11.0, the GPU stack's, is
 not installed here, so nothing checks the package against it.
@@ -65,12 +65,12 @@ def built_from_source(resolved):
 @pytest.mark.slow
 @needs_pypi
 def test_gpu_extra_resolves_with_verls_torch_and_builds_nothing(tmp_path):
-    """README step 3 (`pip install -e ".[gpu]"`) on a fresh environment, and what it brings."""
+    """docs/install.md step 3 (`pip install -e ".[gpu]"`) on a fresh environment, and what it brings."""
     resolved = dry_run(tmp_path, "-e", ".[gpu]")
     assert resolved["verl"][0] == "0.9.1"
     assert resolved["torch"][0] == "2.11.0"  # verl[vllm]==0.9.1's pin: the GPU stack's torch
     assert "vllm" in resolved
-    # flash-attn is an sdist whose build imports torch: a separate README step, never resolved here.
+    # flash-attn is an sdist whose build imports torch: a separate step in docs/install.md, never resolved here.
     assert "flash-attn" not in resolved
     assert built_from_source(resolved) <= PURE_PYTHON_SDISTS
 
