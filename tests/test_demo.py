@@ -58,29 +58,78 @@ def test_out_must_be_a_folder(demo_only, tmp_path, capsys):
     assert target.read_text() == "x"
 
 
-def test_help_documents_every_option(demo_only, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["demo", "--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    parser = cli.build_parser()
-    demo_parser = parser._subparsers._group_actions[0].choices["demo"]
-    for action in demo_parser._actions:
-        for opt in action.option_strings:
-            assert opt in text, opt
-        if action.option_strings and action.dest != "help":
-            assert action.help, action.option_strings
-
-
-def test_demo_overrides_route_the_gate_audit_to_the_workers(tmp_path):
+def parse_demo_args(argv):
     import argparse
 
     from erc_verl.rehearsal import demo
 
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path)])
-    overrides = demo.demo_overrides(args, "dapo_erc", tmp_path / "gate_audit.ndjson")
+    return parser.parse_args(argv)
+
+
+def test_options_reach_main_ppo_and_the_warm_start(tmp_path):
+    from erc_verl.rehearsal import demo_runs
+
+    args = parse_demo_args(
+        [
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--prompts-per-step",
+            "6",
+            "--updates-per-batch",
+            "3",
+            "--responses-per-prompt",
+            "2",
+            "--micro-batch-size",
+            "2",
+            "--lr",
+            "0.01",
+            "--band",
+            "0.9",
+            "1.1",
+            "--max-new-tokens",
+            "5",
+            "--temperature",
+            "0.7",
+            "--hidden-size",
+            "32",
+            "--heads",
+            "2",
+            "--sft-steps",
+            "5",
+        ]
+    )
+    overrides = dict(o.split("=", 1) for o in demo_runs.demo_overrides(args, "dapo_erc", tmp_path / "a.ndjson"))
+    A, R = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
+    expected = {
+        "data.train_batch_size": "6",
+        f"{R}.n": "2",
+        f"{A}.ppo_mini_batch_size": "2",  # 6 prompts / 3 updates
+        f"{A}.ppo_micro_batch_size_per_gpu": "2",
+        f"{A}.optim.lr": "0.01",
+        f"{R}.temperature": "0.7",
+        f"{A}.policy_loss.entropy_ratio_low": "0.9",
+        f"{A}.policy_loss.entropy_ratio_high": "1.1",
+        f"{R}.response_length": "5",
+        "data.seed": "7",
+        f"{R}.seed": "7",
+        "trainer.test_freq": "3",
+    }
+    assert {k: overrides.get(k) for k in expected} == expected
+    spec = demo_runs.model_spec(args)
+    assert (spec.hidden_size, spec.heads, spec.kv_heads, spec.sft_steps, spec.seed) == (32, 2, 1, 5, 7)
+
+
+def test_demo_overrides_route_the_gate_audit_to_the_workers(tmp_path):
+    from erc_verl.rehearsal import demo_runs
+
+    args = parse_demo_args(["--out", str(tmp_path)])
+    overrides = demo_runs.demo_overrides(args, "dapo_erc", tmp_path / "gate_audit.ndjson")
     env = "ray_kwargs.ray_init.runtime_env.env_vars."
     assert f"{env}VERL_USE_EXTERNAL_MODULES='erc_verl,erc_verl.rehearsal.gate_audit'" in overrides
     assert f"++{env}ERC_VERL_GATE_AUDIT='{tmp_path / 'gate_audit.ndjson'}'" in overrides
@@ -94,8 +143,8 @@ def test_gate_audit_spy_counts_gradient_per_band(tmp_path):
     from verl.workers.config import ActorConfig
 
     from erc_verl import ERCPolicyLossConfig
-    from erc_verl.rehearsal import gate_audit
     from erc_verl.integration.verl_0_9_1 import ConfigWithFeed, EntropyFeed
+    from erc_verl.rehearsal import gate_audit
 
     g = torch.Generator().manual_seed(0)
     bsz, length = 4, 6
@@ -109,13 +158,25 @@ def test_gate_audit_spy_counts_gradient_per_band(tmp_path):
     assert 0 < outside < bsz * length
 
     def config(mode, **extra):
-        return ActorConfig(strategy="fsdp", rollout_n=1, ppo_mini_batch_size=1, ppo_micro_batch_size_per_gpu=1,
-                           clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=10.0,
-                           policy_loss=ERCPolicyLossConfig(loss_mode=mode, **extra))
+        return ActorConfig(
+            strategy="fsdp",
+            rollout_n=1,
+            ppo_mini_batch_size=1,
+            ppo_micro_batch_size_per_gpu=1,
+            clip_ratio_low=0.2,
+            clip_ratio_high=0.28,
+            clip_ratio_c=10.0,
+            policy_loss=ERCPolicyLossConfig(loss_mode=mode, **extra),
+        )
 
     path = tmp_path / "audit.ndjson"
-    kwargs = dict(old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages, response_mask=mask,
-                  loss_agg_mode="token-mean")
+    kwargs = dict(
+        old_log_prob=old_log_prob,
+        log_prob=log_prob,
+        advantages=advantages,
+        response_mask=mask,
+        loss_agg_mode="token-mean",
+    )
     erc = gate_audit.make_spy("dapo_erc", core_algos.POLICY_LOSS_REGISTRY["dapo_erc"], str(path))
     erc(**kwargs, config=ConfigWithFeed(config("dapo_erc"), EntropyFeed(entropy, old_entropy)))
     vanilla = gate_audit.make_spy("vanilla", core_algos.POLICY_LOSS_REGISTRY["vanilla"], str(path))
@@ -149,8 +210,17 @@ def test_a_failed_main_ppo_run_stops_the_demo_and_exits_1(demo_only, tmp_path, m
     def failed_run(args, mode, out, spec, log_fn):
         called.append(mode)
         plan = type("Plan", (), {"run_dir": out / mode})()
-        return {"mode": mode, "recipe": demo.MODES[mode][0], "plan": plan, "rc": 1, "wall_s": 1.0, "steps": {},
-                "audit": {}, "audit_path": out / "x", "log_path": log}
+        return {
+            "mode": mode,
+            "recipe": demo.MODES[mode][0],
+            "plan": plan,
+            "rc": 1,
+            "wall_s": 1.0,
+            "steps": {},
+            "audit": {},
+            "audit_path": out / "x",
+            "log_path": log,
+        }
 
     monkeypatch.setattr(demo, "run_mode", failed_run)
     rc = cli.main(["demo", "--out", str(tmp_path / "out"), "--no-plot"])  # no --strict: still an error
@@ -167,10 +237,21 @@ STEPS = 2
 @pytest.mark.slow
 def test_short_demo_through_main_ppo(tmp_path, demo_only, capsys):
     out = tmp_path / "demo"
-    rc = cli.main([
-        "demo", "--out", str(out), "--steps", str(STEPS), "--prompts-per-step", "4", "--updates-per-batch", "2",
-        "--quiet", "--strict",
-    ])
+    rc = cli.main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--steps",
+            str(STEPS),
+            "--prompts-per-step",
+            "4",
+            "--updates-per-batch",
+            "2",
+            "--quiet",
+            "--strict",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert rc == 0, stdout[-4000:]
     for name in ("demo.png", "summary.md", "checks.json"):
@@ -186,8 +267,15 @@ def test_short_demo_through_main_ppo(tmp_path, demo_only, capsys):
         train = {s: m for s, m in steps.items() if "critic/score/mean" in m}
         assert sorted(train) == list(range(1, STEPS + 1)), sorted(steps)
         for m in train.values():
-            for key in ("critic/score/mean", "actor/entropy", "actor/erc_keep_frac", "actor/grad_norm",
-                        "actor/entropy_ratio_mean", "timing_s/gen", "timing_s/update_actor"):
+            for key in (
+                "critic/score/mean",
+                "actor/entropy",
+                "actor/erc_keep_frac",
+                "actor/grad_norm",
+                "actor/entropy_ratio_mean",
+                "timing_s/gen",
+                "timing_s/update_actor",
+            ):
                 assert key in m, (recipe, key)
             assert 0 < m["actor/erc_keep_frac"] <= 1
         # The gate audit ran inside the actor worker (another process), on real update calls.

@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+
 from erc_verl.losses import fed_entropies
 from erc_verl.metrics import METRIC_NAMES
 
@@ -87,6 +87,60 @@ def max_change(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+LOW, HIGH = 0.95, 1.05
+
+
+def update_and_replay(model_dir, rollout, mode, mini, lr=1e-3, **policy_loss):
+    """The ERC metrics verl logs for one update of several mini-batches, and the same fractions
+    computed independently.
+
+    Worker A runs the update as the trainer does (one call, BSZ / mini mini-batches, in order).
+    Worker B, built the same way, replays it one mini-batch at a time and, before each optimizer
+    step, runs a fresh forward of its current policy: H_cur of that mini-batch's rows, the
+    entropy the update's own forward sees, against H_old from the old-log-prob pass. The replay
+    must end on A's parameters (so its entropies are the ones A's update saw). Returns A's
+    per-mini-batch raw metrics, A's reduced metrics, and per mini-batch the replay's token
+    ratios rho.
+    """
+    batch, advantages = rollout
+    a, b = (build(model_dir, mode, lr=lr, mini=mini, **policy_loss) for _ in range(2))
+    old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(a, batch, temperature=1.0)
+    kwargs = dict(ppo_mini_batch_size=mini, temperature=1.0, shuffle=False)
+    raw = engine_cpu.update_actor(a, batch, old_log_probs, old_entropy, advantages, raw=True, **kwargs)
+    mask = batch["response_mask"].bool()
+    rhos = []
+    for start in range(0, BSZ, mini):
+        rows = slice(start, start + mini)
+        _, current = engine_cpu.compute_old_log_prob(b, batch, temperature=1.0)
+        rhos.append(((current[rows] + 1e-8) / (old_entropy[rows] + 1e-8))[mask[rows]].double())
+        engine_cpu.update_actor(b, batch[rows], old_log_probs[rows], old_entropy[rows], advantages[rows], **kwargs)
+    assert max_change(engine_cpu.get_params(a), engine_cpu.get_params(b)) == 0.0
+    return raw, rhos
+
+
+def assert_logged_fractions_are_the_replays(raw, rhos):
+    """Per mini-batch, each logged fraction is the replay's, up to tokens within 1e-5 of a band
+    edge (the fresh forward and the update's may round differently); the step's logged value is
+    the mean over mini-batches."""
+    from verl.utils.metric import reduce_metrics
+
+    assert len(raw["actor/erc_keep_frac"]) == len(rhos)
+    for k, rho in enumerate(rhos):
+        slack = int(((rho - LOW).abs() < 1e-5).sum() + ((rho - HIGH).abs() < 1e-5).sum()) / rho.numel()
+        expected = {
+            "actor/erc_keep_frac": ((rho > LOW) & (rho < HIGH)).double().mean().item(),
+            "actor/erc_clip_frac_low": (rho <= LOW).double().mean().item(),
+            "actor/erc_clip_frac_high": (rho >= HIGH).double().mean().item(),
+        }
+        for key, value in expected.items():
+            assert abs(raw[key][k] - value) <= slack + 1e-9, (k, key, raw[key][k], value)
+        assert raw["actor/entropy_ratio_mean"][k] == pytest.approx(rho.mean().item(), rel=1e-5)
+        assert raw["actor/entropy_ratio_min"][k] == pytest.approx(rho.min().item(), rel=1e-5)
+        assert raw["actor/entropy_ratio_max"][k] == pytest.approx(rho.max().item(), rel=1e-5)
+    reduced = reduce_metrics({key: list(raw[key]) for key in METRIC_NAMES})
+    assert reduced["actor/erc_keep_frac"] == pytest.approx(sum(raw["actor/erc_keep_frac"]) / len(rhos))
+
+
 @pytest.mark.parametrize("layout", ["nested", "padded"])
 def test_open_band_updates_exactly_like_vanilla(model_dir, rollout, layout):
     # nested: the V1 trainer's batch layout; padded: the v0 trainer's (ray_trainer.py) layout.
@@ -116,15 +170,13 @@ def test_band_that_excludes_every_token_gives_zero_gradient(model_dir, rollout):
 def test_papers_band_cuts_some_off_policy_tokens(peaked_model_dir, rollout, mode):
     # Four optimizer steps per batch: the first mini-batch is on-policy (ratio 1), the
     # later ones see a policy that has moved, as in the paper's 8-steps-per-batch setting.
-    worker = build(peaked_model_dir, mode, lr=1e-2, mini=2)
-    _, _, metrics = old_pass_and_update(worker, rollout, mini=2)
+    raw, rhos = update_and_replay(peaked_model_dir, rollout, mode, mini=2, lr=1e-2)
     for key in METRIC_NAMES:
-        assert key in metrics and math.isfinite(metrics[key]), key
-    assert 0.0 < metrics["actor/erc_keep_frac"] < 1.0
-    fractions = metrics["actor/erc_keep_frac"] + metrics["actor/erc_clip_frac_low"] + metrics["actor/erc_clip_frac_high"]
-    assert fractions == pytest.approx(1.0)
-    assert metrics["actor/entropy_ratio_min"] <= metrics["actor/entropy_ratio_mean"] <= metrics["actor/entropy_ratio_max"]
-    assert metrics["actor/entropy_ratio_min"] < 0.95 or metrics["actor/entropy_ratio_max"] > 1.05
+        assert len(raw[key]) == len(rhos) and all(math.isfinite(v) for v in raw[key]), key
+    assert_logged_fractions_are_the_replays(raw, rhos)
+    assert raw["actor/erc_keep_frac"][0] == 1.0  # on-policy: H_cur is H_old
+    later = torch.cat(rhos[1:])
+    assert 0 < int(((later > LOW) & (later < HIGH)).sum()) < later.numel()  # the band cuts some, not all
 
 
 @pytest.mark.parametrize("entropy_coeff", [0.0, 0.01])
@@ -173,7 +225,14 @@ def test_monitor_on_vanilla_logs_ratio_metrics_and_trains_like_vanilla(model_dir
     for name in plain_after:
         torch.testing.assert_close(mon_after[name], plain_after[name], rtol=0, atol=0, msg=name)
     assert set(METRIC_NAMES) <= set(metrics)
-    assert metrics["actor/erc_keep_frac"] <= 1.0
+
+
+def test_monitor_keep_fraction_is_computed_from_each_mini_batchs_entropies(peaked_model_dir, rollout):
+    # The monitor reports what ERC would keep: per mini-batch, from the entropies of the policy
+    # that mini-batch's update sees, averaged over the step's mini-batches.
+    raw, rhos = update_and_replay(peaked_model_dir, rollout, "vanilla", mini=2, lr=1e-2, entropy_ratio_monitor=True)
+    assert_logged_fractions_are_the_replays(raw, rhos)
+    assert min(raw["actor/erc_keep_frac"]) < 1.0  # the policy moved: the comparison is not 1 == 1
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,49 @@ def composed(name):
     return check.compose_recipe(RECIPES, name, check.PLACEHOLDER_OVERRIDES)
 
 
-def test_all_eight_runs_exist_and_nothing_else():
-    assert check.list_recipes(RECIPES) == sorted(RUNS)
+def recipe_table():
+    """recipes/README.md's table: {recipe: {column: cell}}."""
+    import re
+
+    lines = [line for line in (RECIPES / "README.md").read_text().splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:  # after the header and its --- row
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        name = re.fullmatch(r"\[`(.+)\.yaml`\]\(\1\.yaml\)", cells["file"])
+        assert name, cells["file"]
+        assert name.group(1) not in rows, f"two rows for {name.group(1)}"
+        rows[name.group(1)] = cells
+    return rows
+
+
+def test_recipe_table_has_one_row_per_recipe_matching_its_composed_loss_and_band():
+    import re
+
+    table = recipe_table()
+    assert sorted(table) == check.list_recipes(RECIPES)
+    for name, cells in table.items():
+        actor = composed(name).actor_rollout_ref.actor
+        loss = actor.policy_loss
+        mode, clip_low, clip_high = re.fullmatch(r"`(\w+)`, clip ([\d.]+)/([\d.]+)", cells["loss mode, clip low/high"]).groups()
+        assert (mode, float(clip_low), float(clip_high)) == (loss.loss_mode, actor.clip_ratio_low, actor.clip_ratio_high), name
+        low, high = map(float, re.search(r"([\d.]+) / ([\d.]+)$", cells["ERC band"]).groups())
+        assert (low, high) == (loss.entropy_ratio_low, loss.entropy_ratio_high), name
+        is_erc = loss.loss_mode.endswith("erc")
+        assert cells["ERC band"].startswith("monitor only") == (not is_erc), name
+        assert is_erc or loss.get("entropy_ratio_monitor") is True, name
+        assert f"check {name}`" in cells["verification"] and f"--smoke {name}`" in cells["verification"], name
+        for common in re.findall(r"\]\((common/[\w.]+\.yaml)\)", cells["differs from verl's defaults"]):
+            assert (RECIPES / common).is_file(), common
+            assert f"- {common[: -len('.yaml')]}" in (RECIPES / f"{name}.yaml").read_text(), (name, common)
+
+
+def test_required_verl_is_the_pin_the_package_declares():
+    import tomllib
+
+    pin = [line for line in (RECIPES / "REQUIRED_VERL.txt").read_text().splitlines() if line and not line.startswith("#")]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert pin == [d for d in deps if d.startswith("verl")]
 
 
 def test_check_passes_on_every_recipe(capsys):

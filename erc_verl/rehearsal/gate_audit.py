@@ -190,8 +190,15 @@ def read_audit(path) -> dict:
         rec = json.loads(line)
         t = totals.setdefault(
             rec["mode"],
-            {"calls": 0, "checked": 0, "unchecked": 0, **{k: 0 for k in COUNT_KEYS},
-             "max_abs_grad_out_of_band": 0.0, "pids": set(), "why_unchecked": set()},
+            {
+                "calls": 0,
+                "checked": 0,
+                "unchecked": 0,
+                **{k: 0 for k in COUNT_KEYS},
+                "max_abs_grad_out_of_band": 0.0,
+                "pids": set(),
+                "why_unchecked": set(),
+            },
         )
         t["calls"] += 1
         t["pids"].add(rec["pid"])
