@@ -267,10 +267,20 @@ def monitor_metrics(config, entropy, old_entropy, response_mask, global_batch_in
     return entropy_ratio_metrics(entropy_ratio(entropy, old_entropy), response_mask, low, high, **global_batch_info)
 
 
+# Callables returning a sentence on why the entropies did not arrive ("" when they know nothing);
+# erc_verl's runtime plumbing installs its own (which module bound verl's unwrapped ppo_loss).
+WIRING_DIAGNOSES: list = []
+
+
 def require_entropies(loss_mode: str, entropy, old_entropy, log_prob: torch.Tensor) -> None:
     missing = [name for name, value in (("entropy", entropy), ("old_entropy", old_entropy)) if value is None]
     if missing:
-        raise ValueError(f"loss_mode={loss_mode!r} needs {' and '.join(missing)}, which did not reach it. {WIRING_HINT}")
+        why = " ".join(d for d in (diagnose() for diagnose in WIRING_DIAGNOSES) if d)
+        raise ValueError(
+            f"loss_mode={loss_mode!r} needs {' and '.join(missing)}, which did not reach it. "
+            + (why + " " if why else "")
+            + WIRING_HINT
+        )
     for name, value in (("entropy", entropy), ("old_entropy", old_entropy)):
         if value.shape != log_prob.shape:
             raise ValueError(

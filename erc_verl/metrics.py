@@ -74,3 +74,33 @@ def entropy_ratio_metrics(
     out["actor/entropy_ratio_min"] = Metric(AggregationType.MIN, ratio_min)
     out["actor/entropy_ratio_max"] = Metric(AggregationType.MAX, ratio_max)
     return out
+
+
+class KeepFracFloor:
+    """One warning when actor/erc_keep_frac stays below `floor` for `steps` logged steps in a row.
+
+    The paper's runs keep about 80% of response tokens; a run that keeps under half for several
+    steps trains on a minority of its tokens, a sign that the band is too narrow for the model
+    (or that H_old and H_cur disagree for another reason). floor 0 disables the watch.
+    """
+
+    def __init__(self, floor: float, steps: int, low: float, high: float):
+        self.floor, self.steps, self.low, self.high = float(floor), int(steps), float(low), float(high)
+        self.run = []  # consecutive values below the floor
+        self.warned = False
+
+    def observe(self, keep_frac) -> str | None:
+        if self.warned or self.floor <= 0 or keep_frac is None:
+            return None
+        value = float(keep_frac)
+        self.run = self.run + [value] if value < self.floor else []
+        if len(self.run) < self.steps:
+            return None
+        self.warned = True
+        values = ", ".join(f"{v:.3f}" for v in self.run)
+        return (
+            f"erc_verl: actor/erc_keep_frac stayed below {self.floor:g} for {len(self.run)} steps in a row "
+            f"({values}) with the entropy-ratio band ({self.low:g}, {self.high:g}): most response tokens carry "
+            "no gradient (the paper's runs keep about 80%). Consider a wider band "
+            "(policy_loss.entropy_ratio_low/high), or set policy_loss.keep_frac_floor=0 to silence this."
+        )
