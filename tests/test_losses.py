@@ -243,10 +243,21 @@ def test_config_validation_names_the_field(field, value):
         ERCPolicyLossConfig(**{field: value})
 
 
-def test_config_defaults_are_the_papers():
-    c = ERCPolicyLossConfig()
-    assert (c.entropy_ratio_low, c.entropy_ratio_high, c.gppo_beta_low, c.gppo_beta_high) == (0.95, 1.05, 1.0, 1.0)
-    assert c.entropy_ratio_monitor is False
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("entropy_ratio_low", 1.0, "must lie in"),
+        ("entropy_ratio_high", 0.99, "must be > 1"),
+        ("gppo_beta_low", -0.1, ">= 0"),
+        ("positive_nll_coeff", float("nan"), "finite"),
+        ("keep_frac_floor", 1.0, "keep_frac_floor"),
+        ("keep_frac_floor_steps", 0, "keep_frac_floor_steps"),
+        ("entropy_ratio_monitor", "yes", "true or false"),
+    ],
+)
+def test_config_refuses_values_outside_their_range(field, value, says):
+    with pytest.raises(ValueError, match=says):
+        ERCPolicyLossConfig(**{field: value})
 
 
 def test_stock_losses_stay_verls_own_functions():

@@ -391,20 +391,12 @@ def wiring_diagnosis() -> str:
 
 def _patch_losses(module) -> None:
     _wrap(module, "ppo_loss", make_ppo_loss)
-    for name in ("verl.trainer.distillation.losses", "verl.workers.engine_workers"):
-        holder = sys.modules.get(name)
-        if holder is not None and getattr(holder, "ppo_loss", None) is _ORIGINALS.get(
-            "verl.workers.utils.losses.ppo_loss"
-        ):
-            holder.ppo_loss = module.ppo_loss
-
-
-def _patch_distillation_losses(module) -> None:
-    # `from verl.workers.utils.losses import ppo_loss` at its import: rebind to the wrapped one.
-    losses = sys.modules.get("verl.workers.utils.losses")
-    if losses is not None:
-        _patch_losses(losses)
-        module.ppo_loss = losses.ppo_loss
+    # verl modules that bound the original with `from verl.workers.utils.losses import ppo_loss`
+    # before erc_verl loaded (verl/trainer/distillation/losses.py does, at import) call the
+    # wrapped one from now on; any other module still holding it is named by wiring_diagnosis.
+    for name in stale_ppo_loss_bindings():
+        if name == "verl" or name.startswith("verl."):
+            sys.modules[name].ppo_loss = module.ppo_loss
 
 
 def _patch_engine_workers(module) -> None:
@@ -452,7 +444,6 @@ def _refuse_separated_trainers(module) -> None:
 # Order matters when modules are already imported: losses before engine_workers.
 PATCHES = (
     ("verl.workers.utils.losses", _patch_losses),
-    ("verl.trainer.distillation.losses", _patch_distillation_losses),
     ("verl.workers.engine_workers", _patch_engine_workers),
     ("verl.workers.engine.fsdp.transformer_impl", _patch_fsdp_engine),
     ("verl.trainer.ppo.ray_trainer", _patch_v0_trainer),
