@@ -1,7 +1,7 @@
 """ERCPolicyLossConfig: the policy-loss settings ERC adds to verl's, validated when built."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from verl.workers.config import PolicyLossConfig
 
@@ -39,6 +39,13 @@ class ERCPolicyLossConfig(PolicyLossConfig):
     # Normalised like the authors' micro-batch agg_loss (docs/algorithm.md, "Positive-sample NLL
     # term"); logged as actor/positive_nll. Formula: erc_verl.losses.positive_nll_loss.
     positive_nll_coeff: float = 0.0
+    # loss_mode=erc only: the registered loss mode whose gradient ERC gates (dapo_erc is erc over
+    # vanilla, gppo_erc over gppo). Must be token-local (erc_verl.modes.TOKEN_LOCAL_MODES) or listed
+    # in erc_token_local_modes.
+    erc_base_loss_mode: str = "vanilla"
+    # Your own registered loss modes that you declare token-local: the loss of token t depends on
+    # the parameters only through log_prob[t]. ERC refuses any other unknown mode.
+    erc_token_local_modes: list = field(default_factory=list)
     # use_fused_kernels=true gives verl's fused entropy only (measured relative error up to 1.0 below
     # H = 1e-4); ERC refuses it unless this names that error: set 1.0 to accept it.
     fused_entropy_accepted_rel_error: float = 0.0

@@ -99,7 +99,16 @@ def fused_kernels_problem(actor_cfg) -> str | None:
     return None
 
 
-ACTOR_RULES = (engine_problem, fused_kernels_problem)
+def erc_base_problem(actor_cfg) -> str | None:
+    policy_loss = _get(actor_cfg, "policy_loss")
+    if str(_get(policy_loss, "loss_mode", "vanilla")) != "erc":
+        return None
+    from ..losses import erc_base_problem as problem
+
+    return problem(str(_get(policy_loss, "erc_base_loss_mode", "vanilla")), _get(policy_loss, "erc_token_local_modes", ()))
+
+
+ACTOR_RULES = (engine_problem, fused_kernels_problem, erc_base_problem)
 
 
 def actor_problems(actor_cfg) -> list[str]:
@@ -162,6 +171,7 @@ V0_DYNAMIC_SAMPLING_PROBLEM = (
 RULES = (
     _on_actor(engine_problem),
     _on_actor(fused_kernels_problem),
+    _on_actor(erc_base_problem),
     async_trainer_problem,
     bypass_problem,
     v0_trainer_problem,

@@ -483,6 +483,13 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
                 f"{metric!r} is not produced by the reward (available: {', '.join(sorted(reward_keys))})",
             )
 
+    # --- What ERC cannot gate accurately: the runtime's own rules (erc_verl.integration.support) ---
+    from erc_verl.integration.support import problems as erc_support_problems
+
+    for problem in erc_support_problems(cfg):
+        raise RecipeError("actor_rollout_ref.actor", problem)
+    # --- end of the support rules ---
+
     policy_loss = actor.policy_loss
     return {
         "loss_mode": mode,
