@@ -17,11 +17,31 @@ Layout:
 from .integration.version import SUPPORTED_VERL, check_verl_version
 from .modes import ERC_LOSS_MODES, REGISTERED_LOSS_MODES
 
-check_verl_version()
 
-from .integration import install as _install  # noqa: E402
 
-_install()
+def _load() -> None:
+    # verl imports plugins inside `import verl` and logs their errors only at DEBUG
+    # (verl/__init__.py): say it at WARNING too, with erc_verl's name and the verl release.
+    try:
+        check_verl_version()
+        from .integration import install
+
+        install()
+    except Exception as exc:
+        import logging
+
+        from .integration.version import installed_verl_version
+
+        logging.getLogger("erc_verl").warning(
+            "erc_verl failed to load with verl %s (erc_verl supports verl %s): %s",
+            installed_verl_version(),
+            SUPPORTED_VERL,
+            exc,
+        )
+        raise
+
+
+_load()
 
 __version__ = "0.1.0"
 __all__ = [

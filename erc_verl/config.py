@@ -1,14 +1,11 @@
 """ERCPolicyLossConfig: the policy-loss settings ERC adds to verl's, validated when built."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from verl.workers.config import PolicyLossConfig
 
 from .modes import ERC_LOSS_MODES, REGISTERED_LOSS_MODES  # noqa: F401  (re-exported)
-
-# Dotted path users (and recipes) put in `actor_rollout_ref.actor.policy_loss._target_`.
-TARGET = "erc_verl.ERCPolicyLossConfig"
 
 
 @dataclass
@@ -42,9 +39,32 @@ class ERCPolicyLossConfig(PolicyLossConfig):
     # Normalised like the authors' micro-batch agg_loss (docs/algorithm.md, "Positive-sample NLL
     # term"); logged as actor/positive_nll. Formula: erc_verl.losses.positive_nll_loss.
     positive_nll_coeff: float = 0.0
+    # loss_mode=erc only: the registered loss mode whose gradient ERC gates (dapo_erc is erc over
+    # vanilla, gppo_erc over gppo). Must be token-local (erc_verl.modes.TOKEN_LOCAL_MODES) or listed
+    # in erc_token_local_modes.
+    erc_base_loss_mode: str = "vanilla"
+    # Your own registered loss modes that you declare token-local: the loss of token t depends on
+    # the parameters only through log_prob[t]. ERC refuses any other unknown mode.
+    erc_token_local_modes: list = field(default_factory=list)
+    # use_fused_kernels=true gives verl's fused entropy only (measured relative error up to 1.0 below
+    # H = 1e-4); ERC refuses it unless this names that error: set 1.0 to accept it.
+    fused_entropy_accepted_rel_error: float = 0.0
+    # One warning when actor/erc_keep_frac stays below this for keep_frac_floor_steps updates in a
+    # row (0 disables). The paper's runs keep about 80% of tokens; below half, most of the update's
+    # tokens carry no gradient and the band is likely too narrow for this model.
+    keep_frac_floor: float = 0.5
+    keep_frac_floor_steps: int = 5
 
     def __post_init__(self):
-        numbers = ("entropy_ratio_low", "entropy_ratio_high", "gppo_beta_low", "gppo_beta_high", "positive_nll_coeff")
+        numbers = (
+            "entropy_ratio_low",
+            "entropy_ratio_high",
+            "gppo_beta_low",
+            "gppo_beta_high",
+            "positive_nll_coeff",
+            "fused_entropy_accepted_rel_error",
+            "keep_frac_floor",
+        )
         for name in numbers:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -65,6 +85,10 @@ class ERCPolicyLossConfig(PolicyLossConfig):
                 f"policy_loss.positive_nll_coeff must be >= 0 (0 = the paper text's objective, 0.1 = the "
                 f"authors' runs), got {self.positive_nll_coeff}"
             )
+        if not 0.0 <= self.keep_frac_floor < 1.0:
+            raise ValueError(f"policy_loss.keep_frac_floor must lie in [0, 1) (0 disables), got {self.keep_frac_floor}")
+        if isinstance(self.keep_frac_floor_steps, bool) or not isinstance(self.keep_frac_floor_steps, int) or self.keep_frac_floor_steps < 1:
+            raise ValueError(f"policy_loss.keep_frac_floor_steps must be an integer >= 1, got {self.keep_frac_floor_steps!r}")
         if not isinstance(self.entropy_ratio_monitor, bool):
             raise ValueError(
                 f"policy_loss.entropy_ratio_monitor must be true or false, got {self.entropy_ratio_monitor!r}"

@@ -8,13 +8,14 @@ entropies of confident long-CoT tokens (1e-9 .. 1e-4). Per row, with d_j = (z_j 
 e_j = exp(d_j), K = number of entries at the max, R = sum e_j and S = sum e_j d_j over the
 entries BELOW the max (entries at the max have d = 0 and add nothing to S):
 
-    H = log(K + R) - S / (K + R)        both terms >= 0: nothing cancels
+    H = log K + log1p(R / K) - S / (K + R)        every term >= 0: nothing cancels
 
 The textbook forms lose exactly the small entropies: logsumexp(z) - sum(p z) cancels two O(|z|)
 numbers, and log(s) with s = 1 + R summed in float32 rounds R away once R < 6e-8 (the kernel
 before issue 10: up to 5% relative error for H in [1e-9, 1e-4)). So R must survive next to K:
   triton  accumulates K, R and S separately (online, per lane) and takes log K + log1p(R / K);
-  torch   sums e in float64 (s = K + R keeps R to ~1e-16 absolute); e, d and S stay float32.
+  torch   float32 too: one entry at the max is taken out of the sum, Q = (K - 1) + R, and
+          H = log1p(Q) - S / (1 + Q) (the same value; no float64 anywhere).
 -inf entries (a masked vocabulary) contribute nothing (e = 0, e d = 0, never NaN); a one-hot row
 gives 0; a row with NaN / +inf, or with no finite logit, gives NaN (like the float64 formula).
 Accuracy against float64 of the same logits: benchmarks/results/entropy_accuracy_cpu.md.
@@ -103,23 +104,28 @@ def _inverse(temperature, t_rows: torch.Tensor) -> torch.Tensor | None:
 def _torch_block(z: torch.Tensor, inv_t: torch.Tensor | None) -> torch.Tensor:
     """Entropy of the rows of a (b, V) block; inv_t float32 (1,) or (b,), None for T = 1.
 
-    With d = (z - max) / T and e = exp(d): the sum of e is accumulated in float64, so
-    s = K + R keeps R (the non-max part) to ~1e-16 absolute, and H = log(s) - sum(e d) / s has two
-    non-negative terms (max entries have d = 0 and add nothing to sum(e d)). Five passes over the
-    block: max, subtract, exp, sum, dot; no mask for the ties is needed.
+    Everything in float32, like the Triton kernel. With d = (z - max) / T and e = exp(d), ONE
+    entry at the max (e = 1 exactly) is taken out of e before summing, so Q = sum e = (K - 1) + R
+    is summed without the 1 that would round a tiny R away; then K + R = 1 + Q and
+    H = log1p(Q) - S / (1 + Q), S = sum e d <= 0 (entries at the max have d = 0). For K = 1 this is
+    the Triton kernel's log K + log1p(R / K) - S / (K + R); for ties (K >= 2) H >= log 2, where
+    log1p(K - 1 + R) is as accurate. Passes: max, subtract, exp, sum, dot (and one scatter).
     """
-    m = z.amax(dim=-1, keepdim=True).float()
+    m, at = z.max(dim=-1, keepdim=True)
+    m = m.float()
     d = torch.sub(z, m)  # float32 (promotion), computed from the input's own values; a new tensor
     if inv_t is not None:
         d.mul_(inv_t.unsqueeze(-1))
-    e = torch.exp(d)
-    s = e.sum(dim=-1, dtype=torch.float64)  # K + R, R kept; NaN for a row without a finite max
-    ed = torch.linalg.vecdot(e, d)  # sum e d <= 0; NaN where -inf entries give 0 * -inf
-    bad = ed.isnan()
+    e = torch.exp(d).scatter_(-1, at, 0.0)
+    q = e.sum(dim=-1)  # (K - 1) + R
+    s = torch.linalg.vecdot(e, d)  # sum e d <= 0; NaN where -inf entries give 0 * -inf
+    bad = s.isnan()
     if bad.any():  # -inf entries (masked vocabulary): d -> finite, so e d = 0 (NaN inputs stay NaN)
         rows = bad.nonzero().squeeze(-1)
-        ed[rows] = torch.linalg.vecdot(e[rows], d[rows].clamp(min=_FLT_MIN))
-    return (torch.log(s) - ed.double() / s).float()
+        s[rows] = torch.linalg.vecdot(e[rows], d[rows].clamp(min=_FLT_MIN))
+    h = torch.log1p(q) - s / (1.0 + q)
+    # A row without a finite max (all -inf, a NaN or +inf) has no entropy: NaN, like float64.
+    return torch.where(torch.isfinite(m.squeeze(-1)), h, torch.nan)
 
 
 def _torch_rows(z2d: torch.Tensor, inv_t: torch.Tensor | None, out: torch.Tensor, block_rows: int) -> None:

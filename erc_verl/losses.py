@@ -267,10 +267,20 @@ def monitor_metrics(config, entropy, old_entropy, response_mask, global_batch_in
     return entropy_ratio_metrics(entropy_ratio(entropy, old_entropy), response_mask, low, high, **global_batch_info)
 
 
+# Callables returning a sentence on why the entropies did not arrive ("" when they know nothing);
+# erc_verl's runtime plumbing installs its own (which module bound verl's unwrapped ppo_loss).
+WIRING_DIAGNOSES: list = []
+
+
 def require_entropies(loss_mode: str, entropy, old_entropy, log_prob: torch.Tensor) -> None:
     missing = [name for name, value in (("entropy", entropy), ("old_entropy", old_entropy)) if value is None]
     if missing:
-        raise ValueError(f"loss_mode={loss_mode!r} needs {' and '.join(missing)}, which did not reach it. {WIRING_HINT}")
+        why = " ".join(d for d in (diagnose() for diagnose in WIRING_DIAGNOSES) if d)
+        raise ValueError(
+            f"loss_mode={loss_mode!r} needs {' and '.join(missing)}, which did not reach it. "
+            + (why + " " if why else "")
+            + WIRING_HINT
+        )
     for name, value in (("entropy", entropy), ("old_entropy", old_entropy)):
         if value.shape != log_prob.shape:
             raise ValueError(
@@ -346,6 +356,57 @@ def with_erc(base_fn: Callable, loss_mode: str) -> Callable:
         "but contribute no gradient."
     )
     return erc_policy_loss
+
+
+def erc_base_problem(base_mode: str, declared=()) -> str | None:
+    """Why loss_mode=erc cannot gate `base_mode` (one line), or None."""
+    from .modes import ERC_LOSS_MODES, SEQUENCE_LEVEL_MODES, TOKEN_LOCAL_MODES
+
+    if base_mode in SEQUENCE_LEVEL_MODES:
+        return (
+            f"policy_loss.erc_base_loss_mode={base_mode!r} cannot be gated by ERC: {SEQUENCE_LEVEL_MODES[base_mode]}. "
+            f"Fix: pick a token-local base ({', '.join(TOKEN_LOCAL_MODES)})."
+        )
+    if base_mode in ERC_LOSS_MODES:
+        return f"policy_loss.erc_base_loss_mode={base_mode!r} is already gated. Fix: name its base (vanilla, gppo)."
+    if base_mode in TOKEN_LOCAL_MODES or base_mode in tuple(declared or ()):
+        return None
+    return (
+        f"policy_loss.erc_base_loss_mode={base_mode!r} is not known to be token-local, so ERC's gate may not "
+        "stop its gradient exactly. Fix: if its loss of token t depends on the parameters only through "
+        f"log_prob[t], add it to policy_loss.erc_token_local_modes=[{base_mode}]."
+    )
+
+
+def erc_base_fn(config) -> Callable:
+    """The base loss function of loss_mode=erc, refused unless token-local."""
+    policy_loss_config = config.policy_loss
+    base_mode = str(policy_loss_config.get("erc_base_loss_mode", "vanilla") or "vanilla")
+    problem = erc_base_problem(base_mode, policy_loss_config.get("erc_token_local_modes", None) or ())
+    if problem:
+        raise ValueError(problem)
+    if base_mode == "gppo":
+        return compute_policy_loss_gppo
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    return get_policy_loss_fn(base_mode)
+
+
+def compute_policy_loss_erc(*args, config=None, **kwargs):
+    """erc: policy_loss.erc_base_loss_mode (any token-local registered loss) gated by ERC."""
+    if config is None:
+        raise ValueError("loss_mode=erc needs the actor config (policy_loss.erc_base_loss_mode)")
+    return _erc_over(erc_base_fn(config), "erc")(*args, config=config, **kwargs)
+
+
+_GATED: dict = {}
+
+
+def _erc_over(base_fn, loss_mode):
+    key = (base_fn, loss_mode)
+    if key not in _GATED:
+        _GATED[key] = with_erc(base_fn, loss_mode)
+    return _GATED[key]
 
 
 compute_policy_loss_dapo_erc = with_erc(compute_policy_loss_vanilla, "dapo_erc")

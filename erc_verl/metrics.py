@@ -46,31 +46,73 @@ def entropy_ratio_metrics(
     mask = response_mask.bool()
     if keep is None:
         keep = mask & (ratio > low) & (ratio < high)
+    ratio = ratio.float()
+    # Everything reduced on the device, then ONE transfer to the host per micro-batch (a GPU
+    # sync per .item() would stall the update seven times). float32 counts are exact up to 2^24
+    # tokens per micro-batch. An empty micro-batch gives min +inf / max -inf (never wins).
+    stats = torch.stack(
+        [
+            (keep & mask).sum().float(),
+            (mask & (ratio <= low)).sum().float(),
+            (mask & (ratio >= high)).sum().float(),
+            torch.where(mask, ratio, 0.0).sum(),
+            torch.where(mask, ratio, math.inf).amin() if ratio.numel() else ratio.new_tensor(math.inf),
+            torch.where(mask, ratio, -math.inf).amax() if ratio.numel() else ratio.new_tensor(-math.inf),
+            mask.sum().float(),
+        ]
+        # verl's global token count, when a tensor, rides along in the same transfer.
+        + ([batch_num_tokens.to(ratio.device, torch.float32).reshape(())] if torch.is_tensor(batch_num_tokens) else [])
+    ).tolist()
+    keep_n, low_n, high_n, ratio_sum, ratio_min, ratio_max, n_local = stats[:7]
     sums = {
-        "actor/erc_keep_frac": (keep & mask).sum(),
-        "actor/erc_clip_frac_low": (mask & (ratio <= low)).sum(),
-        "actor/erc_clip_frac_high": (mask & (ratio >= high)).sum(),
-        "actor/entropy_ratio_mean": torch.where(mask, ratio, 0.0).double().sum(),
+        "actor/erc_keep_frac": keep_n,
+        "actor/erc_clip_frac_low": low_n,
+        "actor/erc_clip_frac_high": high_n,
+        "actor/entropy_ratio_mean": ratio_sum,
     }
-    n_local = int(mask.sum())
-    # An empty micro-batch must not win a min/max reduction.
-    ratio_min = ratio[mask].min().item() if n_local else math.inf
-    ratio_max = ratio[mask].max().item() if n_local else -math.inf
 
     if batch_num_tokens is None:
-        denom = max(n_local, 1)
-        out = {key: value.item() / denom for key, value in sums.items()}
+        denom = max(n_local, 1.0)
+        out = {key: value / denom for key, value in sums.items()}
         out["actor/entropy_ratio_min"] = ratio_min
         out["actor/entropy_ratio_max"] = ratio_max
         return out
 
     from verl.utils.metric import AggregationType, Metric
 
-    total = float(batch_num_tokens)
-    if torch.is_tensor(batch_num_tokens):
-        total = float(batch_num_tokens.item())
+    total = stats[7] if torch.is_tensor(batch_num_tokens) else float(batch_num_tokens)
     scale = float(dp_size) / max(total, 1.0)
-    out = {key: Metric(AggregationType.SUM, value.item() * scale) for key, value in sums.items()}
+    out = {key: Metric(AggregationType.SUM, value * scale) for key, value in sums.items()}
     out["actor/entropy_ratio_min"] = Metric(AggregationType.MIN, ratio_min)
     out["actor/entropy_ratio_max"] = Metric(AggregationType.MAX, ratio_max)
     return out
+
+
+class KeepFracFloor:
+    """One warning when actor/erc_keep_frac stays below `floor` for `steps` logged steps in a row.
+
+    The paper's runs keep about 80% of response tokens; a run that keeps under half for several
+    steps trains on a minority of its tokens, a sign that the band is too narrow for the model
+    (or that H_old and H_cur disagree for another reason). floor 0 disables the watch.
+    """
+
+    def __init__(self, floor: float, steps: int, low: float, high: float):
+        self.floor, self.steps, self.low, self.high = float(floor), int(steps), float(low), float(high)
+        self.run = []  # consecutive values below the floor
+        self.warned = False
+
+    def observe(self, keep_frac) -> str | None:
+        if self.warned or self.floor <= 0 or keep_frac is None:
+            return None
+        value = float(keep_frac)
+        self.run = self.run + [value] if value < self.floor else []
+        if len(self.run) < self.steps:
+            return None
+        self.warned = True
+        values = ", ".join(f"{v:.3f}" for v in self.run)
+        return (
+            f"erc_verl: actor/erc_keep_frac stayed below {self.floor:g} for {len(self.run)} steps in a row "
+            f"({values}) with the entropy-ratio band ({self.low:g}, {self.high:g}): most response tokens carry "
+            "no gradient (the paper's runs keep about 80%). Consider a wider band "
+            "(policy_loss.entropy_ratio_low/high), or set policy_loss.keep_frac_floor=0 to silence this."
+        )

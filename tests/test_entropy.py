@@ -227,3 +227,24 @@ def test_triton_kernel_under_interpreter():
     report = json.loads(out.stdout.split("REPORT ", 1)[1])
     for case, bands in report.items():
         print(case, {band: f"n={n} max_rel={err:.2e}" for band, (n, err) in bands.items()})
+
+
+def test_torch_backend_never_uses_float64():
+    """Accelerators without fast float64 (Ascend NPUs) run this backend: every op stays float32."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = set()
+
+    class Dtypes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in torch.utils._pytree.tree_leaves((args, kwargs, out)):
+                if torch.is_tensor(t):
+                    seen.add(t.dtype)
+            return out
+
+    z = edge_rows(50).float()
+    with Dtypes():
+        got = entropy_from_logits(z, backend="torch", temperature=0.7)
+    assert torch.float64 not in seen and torch.float32 in seen, seen
+    assert torch.isfinite(got).all()

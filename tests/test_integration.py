@@ -134,6 +134,8 @@ def test_import_verl_loads_only_the_core_and_the_integration():
         "erc_verl.integration.registry",
         "erc_verl.integration.version",
         "erc_verl.integration.verl_0_9_1",
+        "erc_verl.integration.support",
+        "erc_verl.integration.keep_frac",
     }
     assert set(found["ours"]) <= allowed, sorted(set(found["ours"]) - allowed)
 
@@ -160,7 +162,13 @@ def test_v0_trainer_refuses_a_recipe_whose_dynamic_sampling_it_would_drop():
     fit = make_v0_fit(lambda self: ran.append(True))
 
     class Trainer:
-        config = OmegaConf.create({"algorithm": {"filter_groups": {"enable": True}}, "trainer": {"use_v1": False}})
+        config = OmegaConf.create(
+            {
+                "algorithm": {"filter_groups": {"enable": True}},
+                "trainer": {"use_v1": False},
+                "actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "dapo_erc"}}},
+            }
+        )
 
     with pytest.raises(ValueError, match="trainer.use_v1=true"):
         fit(Trainer())

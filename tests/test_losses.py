@@ -243,10 +243,21 @@ def test_config_validation_names_the_field(field, value):
         ERCPolicyLossConfig(**{field: value})
 
 
-def test_config_defaults_are_the_papers():
-    c = ERCPolicyLossConfig()
-    assert (c.entropy_ratio_low, c.entropy_ratio_high, c.gppo_beta_low, c.gppo_beta_high) == (0.95, 1.05, 1.0, 1.0)
-    assert c.entropy_ratio_monitor is False
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("entropy_ratio_low", 1.0, "must lie in"),
+        ("entropy_ratio_high", 0.99, "must be > 1"),
+        ("gppo_beta_low", -0.1, ">= 0"),
+        ("positive_nll_coeff", float("nan"), "finite"),
+        ("keep_frac_floor", 1.0, "keep_frac_floor"),
+        ("keep_frac_floor_steps", 0, "keep_frac_floor_steps"),
+        ("entropy_ratio_monitor", "yes", "true or false"),
+    ],
+)
+def test_config_refuses_values_outside_their_range(field, value, says):
+    with pytest.raises(ValueError, match=says):
+        ERCPolicyLossConfig(**{field: value})
 
 
 def test_stock_losses_stay_verls_own_functions():
@@ -301,3 +312,33 @@ def test_our_loss_modes_are_registered_and_take_the_entropy_keywords():
         params = inspect.signature(POLICY_LOSS_REGISTRY[mode]).parameters
         if mode in erc_verl.ERC_LOSS_MODES:
             assert "entropy" in params and "old_entropy" in params, mode
+
+
+@pytest.mark.parametrize("global_info", [{}, {"batch_num_tokens": 40, "dp_size": 2}, {"batch_num_tokens": torch.tensor(40)}])
+def test_erc_metrics_reduce_in_one_host_transfer(monkeypatch, global_info):
+    """One device->host transfer per micro-batch: no .item(), one .tolist()."""
+    from erc_verl.metrics import entropy_ratio_metrics
+
+    counts = {"item": 0, "tolist": 0}
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def counted(name, fn):
+        def wrapper(self, *a, **k):
+            counts[name] += 1
+            return fn(self, *a, **k)
+
+        return wrapper
+
+    ratio = torch.tensor([[0.9, 1.0, 1.2, 1.01], [0.99, 1.5, 1.0, 0.5]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    monkeypatch.setattr(torch.Tensor, "item", counted("item", item))
+    monkeypatch.setattr(torch.Tensor, "tolist", counted("tolist", tolist))
+    out = entropy_ratio_metrics(ratio, mask, 0.95, 1.05, **global_info)
+    monkeypatch.undo()
+    assert counts == {"item": 0, "tolist": 1}
+    value = lambda key: out[key].values[0] if hasattr(out[key], "values") else out[key]  # noqa: E731
+    share = global_info.get("dp_size", 1) / 40 if global_info else 1 / 5
+    assert value("actor/erc_keep_frac") == pytest.approx(2 * share)
+    assert value("actor/erc_clip_frac_low") == pytest.approx(1 * share)
+    assert value("actor/erc_clip_frac_high") == pytest.approx(2 * share)
+    assert value("actor/entropy_ratio_min") == pytest.approx(0.9) and value("actor/entropy_ratio_max") == pytest.approx(1.5)

@@ -23,6 +23,11 @@ def _register(core_algos) -> None:
     from .patched_tree import register_extension
 
     register_extension(core_algos)
+    # An ERC loss that gets no entropies names the module that bound verl's unwrapped ppo_loss.
+    from .. import losses
+    from .verl_0_9_1 import wiring_diagnosis
+
+    losses.WIRING_DIAGNOSES[:] = [wiring_diagnosis]
 
 
 def plumbing() -> str:
@@ -46,6 +51,7 @@ def install() -> None:
         from ..cpu.platform import install_if_selected
 
         install_if_selected()
-    from . import verl_0_9_1
+    from . import keep_frac, verl_0_9_1
 
     verl_0_9_1.install()
+    keep_frac.install()

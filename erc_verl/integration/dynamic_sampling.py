@@ -12,8 +12,10 @@ RuntimeError that says what happened and how to change the limit:
     algorithm.filter_groups.max_num_gen_batches = N > 0   -> N * data.train_batch_size groups
     otherwise                                             -> ERC_VERL_MAX_FILTERED_BATCHES
                                                              (default 20) * train_batch_size
-Installed at plugin load, applied after verl imports the V1 trainer module; it changes nothing
-else (which groups are kept, refill sizes, metrics). ERC_VERL_REPLAY_POLL_S, when set, replaces
+Applied to ERC runs (an ERC loss mode, the monitor, positive_nll_coeff > 0) and to runs that ask
+for a bound (max_num_gen_batches > 0, or ERC_VERL_MAX_FILTERED_BATCHES set); any other run keeps
+verl's loop untouched. Installed at plugin load, applied after verl imports the V1 trainer module;
+it changes nothing else (which groups are kept, refill sizes, metrics). ERC_VERL_REPLAY_POLL_S, when set, replaces
 the buffer's 2 s poll interval (the CPU smoke run sets 0.2).
 """
 
@@ -99,6 +101,10 @@ def _patch_trainer_base(module) -> None:
             buffer.poll_interval = float(poll)
         if getattr(buffer, "filter_groups_metric", None) is None:
             return buffer
+        from .support import wants_dynamic_sampling_bound
+
+        if not wants_dynamic_sampling_bound(self.config):
+            return buffer  # not an ERC run and no bound asked for: verl's own loop, untouched
         limit, source = filtered_group_limit(self.config)
         return bound_replay_buffer(buffer, limit, source, buffer.filter_groups_metric)
 

@@ -8,7 +8,7 @@ from ..modes import ERC_LOSS_MODES
 
 
 def register_loss_modes() -> None:
-    """Register dapo_erc, gppo (the ungated GPPO baseline) and gppo_erc with verl. Idempotent.
+    """Register erc, dapo_erc, gppo (the ungated GPPO baseline) and gppo_erc with verl. Idempotent.
 
     Called once verl.trainer.ppo.core_algos is loaded (the losses import it).
     """
@@ -17,6 +17,7 @@ def register_loss_modes() -> None:
     from .. import losses
 
     for name, fn in (
+        ("erc", losses.compute_policy_loss_erc),
         ("dapo_erc", losses.compute_policy_loss_dapo_erc),
         ("gppo", losses.compute_policy_loss_gppo),
         ("gppo_erc", losses.compute_policy_loss_gppo_erc),

@@ -86,10 +86,27 @@ def _missing_entropy_error(which: str, config) -> ValueError:
             "entry point or VERL_USE_EXTERNAL_MODULES=erc_verl)."
         )
     return ValueError(
-        f"policy_loss.loss_mode={mode!r} (or entropy_ratio_monitor) needs the current-policy entropy, "
-        "but the engine returned none. erc_verl computes it in verl's FSDP engine; for another engine "
-        "set actor_rollout_ref.actor.calculate_entropy=true."
+        f"policy_loss.loss_mode={mode!r} (or entropy_ratio_monitor) needs erc_verl's current-policy "
+        "entropy, which the engine did not compute: erc_verl computes H_old and H_cur with one kernel "
+        "in verl's FSDP engine only (verl's own entropy is another function and is never mixed in). "
+        "Fix: set actor_rollout_ref.actor.strategy=fsdp2 (engine workers, trainer.use_v1=true)."
     )
+
+
+_CHECKED: set = set()
+
+
+def _first_update_checks(config) -> None:
+    """Once per actor config: refuse what ERC cannot gate accurately (erc_verl.integration.support)."""
+    key = id(config)
+    if key in _CHECKED:
+        return
+    from .support import actor_problems
+
+    found = actor_problems(config)
+    if found:
+        raise ValueError("erc_verl: " + found[0])
+    _CHECKED.add(key)
 
 
 def make_ppo_loss(verl_ppo_loss):
@@ -104,9 +121,9 @@ def make_ppo_loss(verl_ppo_loss):
 
         from ..losses import _global_batch_info, monitor_metrics
 
+        _first_update_checks(config)
+        # H_cur only from erc_verl's kernel, like H_old: never verl's `entropy` (another function).
         current = model_output.get(GATE_KEY, None)
-        if current is None:
-            current = model_output.get("entropy", None)
         if current is None:
             raise _missing_entropy_error("current", config)
         old = _padded_response_field(data, "entropy")
@@ -276,7 +293,8 @@ def make_prepare_model_outputs(verl_prepare_model_outputs):
             _warn_fused_entropy()
             tu.assign_non_tensor(micro_batch, calculate_entropy=True)
             model_output = verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
-            model_output[GATE_KEY] = model_output["entropy"].detach()
+            if gate == "update":  # the old pass ships `entropy` alone
+                model_output[GATE_KEY] = model_output["entropy"].detach()
             return model_output
 
         with torch.no_grad():
@@ -292,9 +310,11 @@ def make_prepare_model_outputs(verl_prepare_model_outputs):
         finally:
             if asked and not verl_entropy:
                 tu.assign_non_tensor(micro_batch, calculate_entropy=True)
-        model_output[GATE_KEY] = gate_entropy
-        if "entropy" not in model_output and asked:
+        if gate == "old":
+            # H_old travels to the update as verl's `entropy` field, one tensor per sample.
             model_output["entropy"] = gate_entropy
+            return model_output
+        model_output[GATE_KEY] = gate_entropy
         return model_output
 
     setattr(prepare_model_outputs, _INSTALLED, True)
@@ -316,18 +336,7 @@ def make_v0_compute_old_log_prob(verl_compute_old_log_prob):
     return _compute_old_log_prob
 
 
-def v0_trainer_problem(config) -> str | None:
-    """Why the v0 trainer would silently run another experiment than this config, or None."""
-    algorithm = config.get("algorithm") or {}
-    filter_groups = algorithm.get("filter_groups") or {}
-    if filter_groups.get("enable", False):
-        return (
-            "trainer.use_v1=false runs verl's v0 trainer, which has no dynamic sampling: it would "
-            "silently drop algorithm.filter_groups and train on data.gen_batch_size prompts per step. "
-            "Fix: set trainer.use_v1=true (the recipes' trainer), or algorithm.filter_groups.enable=false "
-            "to run without dynamic sampling on purpose."
-        )
-    return None
+from .support import v0_trainer_problem  # noqa: E402  (one rule for the trainer and `erc-verl check`)
 
 
 def make_v0_fit(verl_fit):
@@ -342,14 +351,52 @@ def make_v0_fit(verl_fit):
     return fit
 
 
+# verl's own ppo_loss as found before wrapping: a module still holding it bypasses the feed.
+_ORIGINALS: dict = {}
+
+
 def _wrap(owner, name: str, make) -> None:
     current = getattr(owner, name)
     if not getattr(current, _INSTALLED, False):
+        _ORIGINALS.setdefault(f"{getattr(owner, '__name__', owner)}.{name}", current)
         setattr(owner, name, make(current))
+
+
+def stale_ppo_loss_bindings() -> list[str]:
+    """Modules whose `ppo_loss` is still verl's unwrapped function (bound before erc_verl wrapped it)."""
+    original = _ORIGINALS.get("verl.workers.utils.losses.ppo_loss")
+    if original is None:
+        return []
+    # The module's own namespace only: a lazy module's getattr may import or raise.
+    return sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if isinstance(getattr(module, "__dict__", None), dict) and module.__dict__.get("ppo_loss") is original
+    )
+
+
+def wiring_diagnosis() -> str:
+    """One sentence for an ERC loss that got no entropies: which module bound verl's original ppo_loss."""
+    from .version import installed_verl_version
+
+    stale = stale_ppo_loss_bindings()
+    if not stale:
+        return ""
+    return (
+        f"erc_verl: {', '.join(stale)} still calls verl {installed_verl_version()}'s original ppo_loss "
+        "(bound before erc_verl wrapped it), so the entropies are never fed there. Load erc_verl before "
+        "verl's workers (the `verl.plugins` entry point or VERL_USE_EXTERNAL_MODULES=erc_verl)."
+    )
 
 
 def _patch_losses(module) -> None:
     _wrap(module, "ppo_loss", make_ppo_loss)
+    # verl modules that bound the original with `from verl.workers.utils.losses import ppo_loss`
+    # before erc_verl loaded (verl/trainer/distillation/losses.py does, at import) call the
+    # wrapped one from now on; any other module still holding it is named by wiring_diagnosis.
+    for name in stale_ppo_loss_bindings():
+        if name == "verl" or name.startswith("verl."):
+            sys.modules[name].ppo_loss = module.ppo_loss
 
 
 def _patch_engine_workers(module) -> None:
@@ -375,6 +422,25 @@ def _refuse_v0_dynamic_sampling(module) -> None:
     _wrap(module.RayPPOTrainer, "fit", make_v0_fit)
 
 
+def make_separated_init(verl_init):
+    """verl's fully-async and one-step-off trainers (both SeparateRayPPOTrainer): refused for ERC runs."""
+
+    @functools.wraps(verl_init)
+    def __init__(self, config, *args, **kwargs):
+        from .support import ASYNC_TRAINER_PROBLEM, erc_run
+
+        if erc_run(config):
+            raise ValueError("erc_verl: " + ASYNC_TRAINER_PROBLEM)
+        return verl_init(self, config, *args, **kwargs)
+
+    setattr(__init__, _INSTALLED, True)
+    return __init__
+
+
+def _refuse_separated_trainers(module) -> None:
+    _wrap(module.SeparateRayPPOTrainer, "__init__", make_separated_init)
+
+
 # Order matters when modules are already imported: losses before engine_workers.
 PATCHES = (
     ("verl.workers.utils.losses", _patch_losses),
@@ -391,16 +457,39 @@ def _unless_patched(patch):
 
         # A tree carrying patches/ feeds the entropies in source; wrapping it too would do it twice.
         if not tree_is_patched():
-            patch(module)
+            _named(patch)(module)
 
     return guarded
+
+
+def _named(patch):
+    """A wrapper that fails says so, with erc_verl's name and verl's release (it runs inside
+    verl's own import, whose traceback would otherwise show only verl's module)."""
+
+    @functools.wraps(patch)
+    def named(module) -> None:
+        try:
+            patch(module)
+        except Exception as exc:
+            from .version import SUPPORTED_VERL, installed_verl_version
+
+            raise RuntimeError(
+                f"erc_verl could not wrap {module.__name__} ({patch.__name__}) of verl "
+                f"{installed_verl_version()} (erc_verl supports verl {SUPPORTED_VERL}): {exc}"
+            ) from exc
+
+    return named
 
 
 def install() -> None:
     """Patch each verl module now if imported, else right after its import. Idempotent."""
     for name, patch in PATCHES:
         after_import(name, _GUARDED.setdefault(name, _unless_patched(patch)))
-    after_import("verl.trainer.ppo.ray_trainer", _refuse_v0_dynamic_sampling)
+    after_import("verl.trainer.ppo.ray_trainer", _GUARDED.setdefault("v0", _named(_refuse_v0_dynamic_sampling)))
+    after_import(
+        "verl.experimental.separation.ray_trainer",
+        _GUARDED.setdefault("separated", _named(_refuse_separated_trainers)),
+    )
 
 
 _GUARDED: dict = {}

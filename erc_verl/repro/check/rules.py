@@ -8,4 +8,16 @@ owns its subject).
 
 from __future__ import annotations
 
-RULES: list = []
+
+
+def erc_support(cfg):
+    """What ERC cannot gate accurately: the runtime's own rules (erc_verl/integration/support.py)."""
+    from erc_verl.integration.support import problems
+
+    from .errors import RecipeError
+
+    found = problems(cfg)
+    return RecipeError("actor_rollout_ref.actor", found[0]) if found else None
+
+
+RULES: list = [erc_support]

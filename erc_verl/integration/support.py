@@ -1,0 +1,183 @@
+"""What ERC can gate accurately, written once: rules over a config, each returning one line
+(the problem and its fix) or None.
+
+Two kinds of config reach these rules:
+- the trainer's whole config (`erc-verl check`, the trainers): `RULES`, via `problems(cfg)`;
+- a worker's actor config (`actor_rollout_ref.actor`, at the first update): `ACTOR_RULES`, via
+  `actor_problems(actor_cfg)`. Every actor rule is also in RULES, applied to the actor section.
+
+Every rule applies only to an ERC run (`erc_run`): an ERC loss mode, the entropy-ratio monitor, or
+the positive-sample NLL term. A run with none of them is verl's own run, and erc_verl changes
+nothing in it (no wrapper alters its control flow, its dynamic sampling or its trainer checks).
+"""
+
+import os
+
+from .registry import loss_wants_entropy
+
+# The engines whose logits erc_verl's gate entropy is computed from (workers/engine/fsdp).
+FSDP_STRATEGIES = ("fsdp", "fsdp2")
+# verl's fused kernels compute the entropy without materialising the logits, in float32 with
+# the textbook formula: relative error up to 1.0 (100%) for H < 1e-4 measured for its torch
+# backend (benchmarks/results/entropy_accuracy_cpu.md). A run may accept that error by naming it.
+FUSED_ENTROPY_MEASURED_REL_ERROR = 1.0
+
+
+def _get(cfg, dotted: str, default=None):
+    """cfg.a.b.c for DictConfig, dict or dataclass-like objects; default where any level is missing."""
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        if hasattr(node, "get") and not isinstance(node, type):
+            try:
+                node = node.get(part, None)
+            except Exception:  # a structured config refusing an unknown key
+                node = None
+        else:
+            node = getattr(node, part, None)
+    return default if node is None else node
+
+
+def _positive_nll(policy_loss) -> bool:
+    try:
+        return float(_get(policy_loss, "positive_nll_coeff", 0.0) or 0.0) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def erc_actor(actor_cfg) -> bool:
+    """Whether this actor config uses ERC: an ERC mode, the monitor, or positive_nll_coeff > 0."""
+    policy_loss = _get(actor_cfg, "policy_loss")
+    return loss_wants_entropy(policy_loss) or _positive_nll(policy_loss)
+
+
+def erc_run(cfg) -> bool:
+    """Whether the trainer's config is an ERC run (see erc_actor)."""
+    return erc_actor(_get(cfg, "actor_rollout_ref.actor"))
+
+
+def wants_dynamic_sampling_bound(cfg) -> bool:
+    """ERC runs, and any run that asks for a bound: algorithm.filter_groups.max_num_gen_batches > 0
+    (which verl's V1 trainer ignores) or ERC_VERL_MAX_FILTERED_BATCHES in the environment."""
+    if erc_run(cfg) or os.environ.get("ERC_VERL_MAX_FILTERED_BATCHES", "").strip():
+        return True
+    try:
+        return int(_get(cfg, "algorithm.filter_groups.max_num_gen_batches", 0) or 0) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+# ---- actor-level rules (worker side, and the actor section of the whole config) ----------------
+
+
+def engine_problem(actor_cfg) -> str | None:
+    if not erc_actor(actor_cfg):
+        return None
+    strategy = str(_get(actor_cfg, "strategy", "fsdp"))
+    if strategy in FSDP_STRATEGIES:
+        return None
+    return (
+        f"actor_rollout_ref.actor.strategy={strategy}: erc_verl computes H_old and H_cur with its "
+        f"accurate kernel in verl's FSDP engine only ({', '.join(FSDP_STRATEGIES)}); verl's other "
+        "entropies lose small H (up to 100% relative error below 1e-4), which decides ERC's band. "
+        "Fix: set actor_rollout_ref.actor.strategy=fsdp2."
+    )
+
+
+def fused_kernels_problem(actor_cfg) -> str | None:
+    if not erc_actor(actor_cfg) or not bool(_get(actor_cfg, "use_fused_kernels", False)):
+        return None
+    accepted = float(_get(actor_cfg, "policy_loss.fused_entropy_accepted_rel_error", 0.0) or 0.0)
+    if loss_wants_entropy(_get(actor_cfg, "policy_loss")) and accepted < FUSED_ENTROPY_MEASURED_REL_ERROR:
+        return (
+            "actor_rollout_ref.model.use_fused_kernels=true: verl's fused kernel gives the only entropy "
+            "there, measured at up to 100% relative error below H = 1e-4, which decides ERC's band. Fix: "
+            "set actor_rollout_ref.model.use_fused_kernels=false, or accept that error with "
+            "actor_rollout_ref.actor.policy_loss.fused_entropy_accepted_rel_error=1.0."
+        )
+    return None
+
+
+def erc_base_problem(actor_cfg) -> str | None:
+    policy_loss = _get(actor_cfg, "policy_loss")
+    if str(_get(policy_loss, "loss_mode", "vanilla")) != "erc":
+        return None
+    from ..losses import erc_base_problem as problem
+
+    return problem(str(_get(policy_loss, "erc_base_loss_mode", "vanilla")), _get(policy_loss, "erc_token_local_modes", ()))
+
+
+ACTOR_RULES = (engine_problem, fused_kernels_problem, erc_base_problem)
+
+
+def actor_problems(actor_cfg) -> list[str]:
+    return [p for p in (rule(actor_cfg) for rule in ACTOR_RULES) if p]
+
+
+# ---- whole-config rules -------------------------------------------------------------------------
+
+
+def _on_actor(rule):
+    def whole(cfg):
+        return rule(_get(cfg, "actor_rollout_ref.actor"))
+
+    whole.__name__ = rule.__name__
+    return whole
+
+
+def async_trainer_problem(cfg) -> str | None:
+    if not erc_run(cfg):
+        return None
+    if _get(cfg, "async_training") is not None or _get(cfg, "rollout.nnodes") is not None:
+        return ASYNC_TRAINER_PROBLEM
+    return None
+
+
+ASYNC_TRAINER_PROBLEM = (
+    "verl's fully-async and one-step-off-policy trainers (verl/experimental) are not supported with ERC: "
+    "which policy H_old comes from there is not verified. Fix: run verl's main_ppo trainer "
+    "(python -m verl.trainer.main_ppo, trainer.use_v1=true)."
+)
+
+
+def bypass_problem(cfg) -> str | None:
+    if not erc_run(cfg) or not loss_wants_entropy(_get(cfg, "actor_rollout_ref.actor.policy_loss")):
+        return None
+    if bool(_get(cfg, "algorithm.rollout_correction.bypass_mode", False)):
+        return (
+            "algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, which is where "
+            "H_old comes from. Fix: set algorithm.rollout_correction.bypass_mode=false."
+        )
+    return None
+
+
+def v0_trainer_problem(cfg) -> str | None:
+    """Why the v0 trainer would silently run another experiment than this ERC config, or None."""
+    if not erc_run(cfg) or bool(_get(cfg, "trainer.use_v1", True)):
+        return None
+    if bool(_get(cfg, "algorithm.filter_groups.enable", False)):
+        return V0_DYNAMIC_SAMPLING_PROBLEM
+    return None
+
+
+V0_DYNAMIC_SAMPLING_PROBLEM = (
+    "trainer.use_v1=false runs verl's v0 trainer, which has no dynamic sampling: it would "
+    "silently drop algorithm.filter_groups and train on data.gen_batch_size prompts per step. "
+    "Fix: set trainer.use_v1=true (the recipes' trainer), or algorithm.filter_groups.enable=false "
+    "to run without dynamic sampling on purpose."
+)
+
+RULES = (
+    _on_actor(engine_problem),
+    _on_actor(fused_kernels_problem),
+    _on_actor(erc_base_problem),
+    async_trainer_problem,
+    bypass_problem,
+    v0_trainer_problem,
+)
+
+
+def problems(cfg) -> list[str]:
+    """Every rule's line for the trainer's whole config (empty: ERC can gate this run)."""
+    return [p for p in (rule(cfg) for rule in RULES) if p]
