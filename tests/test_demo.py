@@ -227,7 +227,7 @@ def test_a_failed_main_ppo_run_stops_the_demo_and_exits_1(demo_only, tmp_path, m
     assert rc == 1 and called == ["vanilla"]
     stdout = capsys.readouterr().out
     assert "ValueError: boom" in stdout and "not run: dapo_erc" in stdout
-    checks = {c["name"]: c for c in json.loads((tmp_path / "out" / "checks.json").read_text())}
+    checks = {c["name"]: c for c in json.loads((tmp_path / "out" / "latest" / "checks.json").read_text())}
     assert not checks["run_complete[vanilla]"]["ok"]
 
 
@@ -236,12 +236,13 @@ STEPS = 2
 
 @pytest.mark.slow
 def test_short_demo_through_main_ppo(tmp_path, demo_only, capsys):
-    out = tmp_path / "demo"
+    base = tmp_path / "demo"
+    out = base / "latest"
     rc = cli.main(
         [
             "demo",
             "--out",
-            str(out),
+            str(base),
             "--steps",
             str(STEPS),
             "--prompts-per-step",

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and one run folder per mode (verl's file log, main_ppo.log, the gate audit) under --out."
     )
     g = parser.add_argument_group("run")
-    g.add_argument("--out", default="runs/demo", help="output folder (replaced run folders: verl would resume them)")
+    g.add_argument("--out", default="runs/demo", help="output folder: each demo writes a new OUT/<time>/, OUT/latest points at the newest")
     g.add_argument("--steps", type=int, default=20, help="training steps per loss mode")
     g.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the data order and the rollout sampling")
     g.add_argument(
@@ -138,16 +138,19 @@ def main(args) -> int:
 
     hf_logging.set_verbosity_error()
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("demo.png", "summary.md", "checks.json"):
-        (out / name).unlink(missing_ok=True)  # never leave a previous run's results beside this one's
+    # Every demo writes a new <out>/<time>/ (nothing of an earlier one is touched: verl would
+    # resume a run folder it finds); <out>/latest points at the newest, <out>/.cache is shared.
+    from .run_folder import new_run_dir, point_latest
+
+    base = out
+    out = new_run_dir(base)
     spec = model_spec(args)
     log(
         f"[demo] warm-up: tiny Qwen2 (hidden {spec.hidden_size}, {spec.layers} layers) + Qwen2Tokenizer, "
-        f"{spec.sft_steps} SFT steps on a+b (cached in {out / '.cache'})"
+        f"{spec.sft_steps} SFT steps on a+b (cached in {base / '.cache'})"
     )
     t0 = time.time()
-    model_dir, _ = smoke.prepare_assets(out / ".cache", spec, log=log)
+    model_dir, _ = smoke.prepare_assets(base / ".cache", spec, log=log)
     info = json.loads((model_dir / "erc_verl_smoke.json").read_text())
     warm = f"final SFT loss {info['sft_final_loss']:.3f}" if info.get("sft_final_loss") is not None else "no SFT"
     log(f"[demo] warm start ready in {time.time() - t0:.0f}s: {model_dir} ({warm})")
@@ -167,6 +170,7 @@ def main(args) -> int:
     total = time.time() - t_start
     text = write_summary(out / "summary.md", args, ran, runs, checks, warm, total)
     (out / "checks.json").write_text(json.dumps(checks, indent=2))
+    point_latest(out)
     log("")
     log(text)
     if not args.no_plot:

@@ -8,10 +8,12 @@ names `erc_verl.rehearsal.gate_audit`, so verl imports the spy in every Ray work
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
 from . import smoke
+from .ray_cluster import private_temp_dir
 
 # loss mode -> (recipe, clip low, clip high). Every recipe: dual-clip 10, token-mean, GRPO,
 # DAPO dynamic sampling on `acc`; baselines with entropy_ratio_monitor on.
@@ -86,12 +88,13 @@ _CONSOLE_STEP = re.compile(r"(?:^|\s)(step:\d+ - .*)$")
 def run_mode(args, mode: str, out: Path, spec, log) -> dict:
     """One main_ppo run of the mode's recipe; returns its plan, exit code, file log rows, audit."""
     recipe = MODES[mode][0]
-    # build_smoke replaces OUT/RECIPE (verl resumes from a checkpoint it finds there).
+    # out is this demo's own new folder, so OUT/RECIPE starts empty (verl would resume a checkpoint).
     audit_path = (out / recipe / "gate_audit.ndjson").resolve()  # = plan.run_dir below
+    ray_temp = private_temp_dir()  # Ray's files where no other job attaches; removed below
     plan = smoke.build_smoke(
-        recipe, out, demo_overrides(args, mode, audit_path), steps=args.steps, spec=spec, log=lambda *a, **k: None
+        recipe, out, demo_overrides(args, mode, audit_path), steps=args.steps, spec=spec,
+        cache_dir=out.parent / ".cache", ray_temp_dir=ray_temp, log=lambda *a, **k: None,
     )
-    audit_path.unlink(missing_ok=True)
     (plan.run_dir / "overrides.txt").write_text(plan.describe() + "\n")
     log_path = plan.run_dir / "main_ppo.log"
     env = dict(plan.env, OMP_NUM_THREADS=str(args.threads))
@@ -122,7 +125,10 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
             f"grad_norm {num('actor/grad_norm')}  ({time.time() - t0:.0f}s)"
         )
 
-    rc = smoke.run_main_ppo(plan, timeout=args.timeout, capture=log_path, on_line=on_line, env=env)
+    try:
+        rc = smoke.run_main_ppo(plan, timeout=args.timeout, capture=log_path, on_line=on_line, env=env)
+    finally:
+        shutil.rmtree(ray_temp, ignore_errors=True)  # made by this run
     if rc is None:
         log(f"[demo] {mode}: main_ppo still running after --timeout {args.timeout:g}s; stopped it")
     wall = time.time() - t0
