@@ -452,6 +452,11 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
 
     # 5. what verl rejects later, on the cluster
     check_cluster(cfg, use_ref, check_paths)
+    from erc_verl.integration.ulysses_check import ulysses_attention_problem
+
+    problem = ulysses_attention_problem(cfg.actor_rollout_ref)
+    if problem is not None:
+        raise RecipeError("actor_rollout_ref.model.override_config.attn_implementation", problem)
 
     # 6. what main_ppo validates before starting Ray
     from verl.utils.config import validate_config
