@@ -7,7 +7,7 @@ usage() {
   cat <<'USAGE'
 Usage:
   scripts/launch.sh [--dry-run] [--val-only CKPT_STEP_DIR] RECIPE [hydra overrides...]
-  scripts/launch.sh --smoke RECIPE [hydra overrides...]
+  scripts/launch.sh --smoke [--out DIR | --resume DIR] [--steps N] RECIPE [hydra overrides...]
 
 RECIPE is a file name in recipes/ without .yaml (e.g. dapo_erc_qwen7b); the command runs
 `python -m verl.trainer.main_ppo` with it, on verl 0.9.1, with erc_verl loaded in every process.
@@ -37,9 +37,16 @@ Options:
                         Qwen2 built locally, addition prompts, the `hf` CPU rollout backend, 3
                         training steps, validation before and after, a checkpoint at step 2, and
                         logger [console,file]. Needs no environment variable; installs .venv on
-                        first use. Prints every override it adds to the recipe. Writes a fresh
-                        runs/smoke/RECIPE/ (logs/metrics-*.jsonl, global_step_*/).
-                        `--smoke --dry-run` prepares and prints without running.
+                        first use. Prints every override it adds to the recipe. Every run
+                        writes a new runs/smoke/RECIPE/<time>/ (logs/metrics-*.jsonl,
+                        logs/console-*.log, layout.json, global_step_*/); runs/smoke/RECIPE/latest
+                        points at the newest. Nothing is removed. `--smoke --dry-run` prints
+                        the command and writes nothing. NNODES=M GPUS_PER_NODE=N rehearse the
+                        layout: M x N CPU workers, a local Ray cluster of M nodes when M > 1.
+  --out DIR             (--smoke) the run folder itself; an existing smoke run is continued
+  --resume DIR          (--smoke) continue the smoke run in DIR from its last checkpoint
+                        (e.g. runs/smoke/RECIPE/latest), with a larger --steps
+  --steps N             (--smoke) training steps in all (default 3)
   -h, --help            this text
 USAGE
 }
@@ -51,10 +58,15 @@ ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 DRY_RUN=0
 SMOKE=0
 VAL_ONLY=""
+SMOKE_ARGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
     --smoke) SMOKE=1; shift ;;
+    # The smoke's own options, given before RECIPE (after it they reach the smoke as they are).
+    --out|--resume|--steps|--cache)
+      [[ $# -ge 2 ]] || die "$1 needs a value"; SMOKE_ARGS+=("$1" "$2"); shift 2 ;;
+    --out=*|--resume=*|--steps=*|--cache=*) SMOKE_ARGS+=("$1"); shift ;;
     --val-only) [[ $# -ge 2 ]] || die "--val-only needs a checkpoint folder"; VAL_ONLY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -72,10 +84,10 @@ if [[ "$SMOKE" -eq 1 ]]; then
   # The project's .venv, created on first use (as scripts/demo.sh and scripts/test.sh do).
   # shellcheck source=setup_venv.sh
   source "$SCRIPT_DIR/setup_venv.sh"
-  SMOKE_ARGS=()
   [[ "$DRY_RUN" -eq 1 ]] && SMOKE_ARGS+=(--dry-run)
   exec "$ERC_VERL_PYTHON" -m erc_verl.rehearsal.smoke "${SMOKE_ARGS[@]}" "$RECIPE" "$@"
 fi
+[[ ${#SMOKE_ARGS[@]} -eq 0 ]] || die "${SMOKE_ARGS[0]} is an option of --smoke only (see --help)"
 
 RECIPES_DIR="$(cd "${ERC_VERL_RECIPES:-$SCRIPT_DIR/../recipes}" && pwd)"
 if [[ ! -f "$RECIPES_DIR/$RECIPE.yaml" ]]; then

@@ -1,275 +1,65 @@
 """A recipe through verl's own trainer (`python -m verl.trainer.main_ppo`) on CPU, in minutes.
 
 `scripts/launch.sh --smoke RECIPE [hydra overrides]` calls `main()` here. The recipe is composed
-as it is (loss mode, ERC band, clip ratios, V1 trainer, dynamic sampling on `acc`, the paper's
-reward, validation, file logger); `smoke_overrides()` lists the only things changed, each with
-its reason, and the command prints them. What a CPU needs:
+as it is; `overrides.smoke_overrides()` lists the only things changed, each with its reason,
+and the command prints them. The pieces:
 
-* a tiny Qwen2 built locally (no download) with a real `Qwen2Tokenizer` (byte-level BPE over the
-  256 byte symbols, ChatML `<|im_start|>`/`<|im_end|>`, `<think>`/`</think>`), warmed up for a few
-  seconds on two-digit addition written as `</think>ANSWER<|im_end|>`, so the reward's rules
-  (`</think>` closed, math_verify on what follows) apply and rewards vary within a group, which
-  DAPO dynamic sampling on `acc` needs to fill a batch;
-* train/val parquet in `erc-verl prepare-data`'s row layout (erc_verl/repro/data.py);
-* the `hf` CPU rollout backend (erc_verl/cpu/rollout.py) and the CPU platform (VERL_PLATFORM=cpu);
-* 1 node, 1 worker, Ulysses 1, TP 1, FSDP2 in fp32, no offload, short lengths, 8 prompts x 4
-  responses with 4 mini-batches per step, 3 steps, validation before training and at the end,
-  a checkpoint at step 2, logger [console,file].
+* tiny_model.py: the tiny Qwen2 and its Qwen2Tokenizer, warmed up on addition (cached);
+* smoke_data.py: train/val parquet in `erc-verl prepare-data`'s row layout;
+* overrides.py: the CPU overrides and the layout (world size, Ulysses size);
+* run_folder.py: one new run folder per run, `latest`, the status marker, verl's file log;
+* runner.py: main_ppo in its own process group, stopped as a whole, its console captured;
+* ray_cluster.py: the local Ray cluster of several nodes (NNODES > 1), torn down on any exit;
+* layout_probe.py: where each training rank ran, read from Ray inside the workers.
 
-Everything lands in a fresh `runs/smoke/RECIPE/` (removed first: verl would otherwise resume from
-its last checkpoint): `logs/metrics-*.jsonl` (verl's file logger; `erc-verl table/plot` read it)
-and `global_step_*/`. The warmed-up model and the data are cached in `runs/smoke/.cache/`.
+Every run writes a new folder runs/smoke/RECIPE/<time>/ (`latest` points at the newest that
+trained a step), or exactly DIR with `--out DIR`. `--out DIR` or `--resume DIR` of an existing
+run continues it from its last checkpoint (verl's trainer.resume_mode=auto). Nothing is removed.
 
 Python API (the demo reuses it): `prepare_assets()`, `build_smoke()` -> `SmokePlan`,
-`run_main_ppo(plan)`.
+`run_main_ppo(plan)`, `read_file_log(path)`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import random
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import layout_probe
+from .overrides import POLL_S, RAY_CPUS_PER_NODE, RUNTIME_ENV, Layout, pick_ulysses, smoke_overrides
+from .ray_cluster import AUTH_ENV, LocalRayCluster, private_temp_dir
+from .run_folder import (
+    MARKER,
+    finish_launch,
+    is_run_folder,
+    new_run_dir,
+    point_latest,
+    read_file_log,
+    read_marker,
+    start_launch,
+    trained_steps,
+    write_marker,
+)
+from .runner import ROOT, run_main_ppo
+from .tiny_model import ModelSpec, asset_paths, build_model, build_tokenizer, prepare_assets, prompt_ids
+
+__all__ = [
+    "ROOT", "ModelSpec", "SmokePlan", "build_model", "build_smoke", "build_tokenizer", "main", "prepare_assets",
+    "prompt_ids", "read_file_log", "run_main_ppo", "smoke_overrides",
+]
+
 RECIPES_DIR = ROOT / "recipes"
 DEFAULT_OUT = Path("runs") / "smoke"
-POLL_S = "0.2"
-
-# --- the tiny model and its task ------------------------------------------------------------
-
-SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-# DeepSeek-R1-Distill style: the template opens the think block, the model closes it.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
-)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    hidden_size: int = 64
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
-    # One-digit sums: a few seconds of SFT teach the format (`</think>N<|im_end|>`) and get
-    # some answers right (about 1 in 7 at T=1), so about a third of the 4-response groups are
-    # mixed and dynamic sampling fills a batch quickly.
-    max_operand: int = 5
-    sft_steps: int = 60
-    sft_batch_size: int = 32
-    sft_lr: float = 1e-2
-    seed: int = 0
-
-    def key(self) -> str:
-        return hashlib.sha1(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def build_tokenizer():
-    """A genuine Qwen2Tokenizer: byte-level BPE with no merges (one token per byte) + ChatML."""
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
-    for ch in bytes_to_unicode().values():
-        vocab.setdefault(ch, len(vocab))
-    tok = Qwen2Tokenizer(
-        vocab=vocab, merges=[], unk_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL[1:])})
-    # Plain (not special) added tokens: skip_special_tokens keeps them, so the reward sees </think>.
-    tok.add_tokens([THINK_OPEN, THINK_CLOSE])
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-def make_problem(rng: random.Random, max_operand: int) -> tuple[str, str]:
-    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-    return f"{a}+{b}", str(a + b)
-
-
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    out = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
-    )
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
-
-
-def response_ids(tokenizer, answer: str) -> list[int]:
-    return tokenizer.encode(THINK_CLOSE + answer, add_special_tokens=False) + [tokenizer.eos_token_id]
-
-
-def build_model(model_dir: Path, spec: ModelSpec = ModelSpec(), log=print) -> dict:
-    """Save a tiny Qwen2 + tokenizer to model_dir, warmed up on addition (plain torch SFT)."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer()
-    torch.manual_seed(spec.seed)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=spec.hidden_size,
-        intermediate_size=2 * spec.hidden_size,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=tok.eos_token_id,
-        use_cache=True,
-    )
-    model = Qwen2ForCausalLM(config).to(torch.float32)
-    model.train()
-    rng = random.Random(spec.seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.0)
-    pad = tok.pad_token_id
-    t0, loss = time.time(), None
-    for step in range(spec.sft_steps):
-        rows = []
-        for _ in range(spec.sft_batch_size):
-            q, a = make_problem(rng, spec.max_operand)
-            rows.append((prompt_ids(tok, q), response_ids(tok, a)))
-        width = max(len(p) + len(r) for p, r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for i, (p, r) in enumerate(rows):
-            seq = p + r
-            ids[i, width - len(seq) :] = torch.tensor(seq)
-            attn[i, width - len(seq) :] = 1
-            labels[i, width - len(r) :] = torch.tensor(r)
-        pos = (attn.cumsum(1) - 1).clamp(min=0)
-        loss = model(input_ids=ids, attention_mask=attn, position_ids=pos, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    model.eval()
-    model.save_pretrained(model_dir, safe_serialization=True)
-    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    info = {"sft_steps": spec.sft_steps, "sft_final_loss": float(loss.item()) if loss is not None else None,
-            "sft_s": round(time.time() - t0, 1)}
-    (model_dir / "erc_verl_smoke.json").write_text(json.dumps({"spec": spec.__dict__, **info}, indent=1))
-    loss_text = f"{info['sft_final_loss']:.3f}" if info["sft_final_loss"] is not None else "-"
-    log(f"[smoke] tiny Qwen2 warmed up: {spec.sft_steps} SFT steps, loss {loss_text}, {info['sft_s']}s")
-    return info
-
-
-def write_data(data_dir: Path, spec: ModelSpec = ModelSpec(), n_train: int = 512, n_val: int = 16) -> dict:
-    """Addition prompts as verl RL parquet, in `erc-verl prepare-data`'s row layout."""
-    from erc_verl.repro.data import SourceSpec, convert_row, write_parquet
-
-    data_dir = Path(data_dir)
-    out = {}
-    for split, name, n, seed in (("train", "arith_train", n_train, 11), ("test", "arith", n_val, 12)):
-        rng = random.Random(spec.seed * 1000 + seed)
-        src = SourceSpec(name, split, None, split, None, ("problem",), ("answer",))
-        rows = []
-        for i in range(n):
-            q, a = make_problem(rng, spec.max_operand)
-            rows.append(convert_row(src, {"problem": q, "answer": a, "id": i}, i, "erc_verl.rehearsal.smoke"))
-        path = data_dir / f"{name}.parquet"
-        write_parquet(rows, path)
-        out[split] = path
-    return out
-
-
-def prepare_assets(cache_dir: Path, spec: ModelSpec = ModelSpec(), log=print) -> tuple[Path, dict]:
-    """(model folder, {"train": parquet, "test": parquet}), built once per spec and cached."""
-    cache_dir = Path(cache_dir) / f"model-{spec.key()}"
-    model_dir, data_dir = cache_dir / "model", cache_dir / "data"
-    if not (model_dir / "erc_verl_smoke.json").exists():
-        tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_model(tmp / "model", spec, log=log)
-        write_data(tmp / "data", spec)
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        tmp.rename(cache_dir)
-    elif not (data_dir / "arith.parquet").exists():
-        write_data(data_dir, spec)
-    return model_dir, {"train": data_dir / "arith_train.parquet", "test": data_dir / "arith.parquet"}
-
-
-# --- the overrides ------------------------------------------------------------------------
-
-
-def smoke_overrides(model_dir: Path, data: dict, run_dir: Path, file_log: Path, steps: int = 3) -> list[tuple[str, str]]:
-    """(override, reason) pairs: everything the smoke run changes in a recipe."""
-    A, R, F = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "actor_rollout_ref.actor.fsdp_config"
-    env = "ray_kwargs.ray_init.runtime_env.env_vars"
-    return [
-        # model and data
-        (f"actor_rollout_ref.model.path={model_dir}", "tiny Qwen2 built and warmed up locally"),
-        (f"data.train_files=['{data['train']}']", "addition prompts (prepare-data layout)"),
-        (f"data.val_files=['{data['test']}']", "addition prompts, data_source=arith"),
-        ("data.max_prompt_length=32", "short lengths"),
-        ("data.max_response_length=8", "short lengths"),
-        ("data.train_batch_size=8", "small batch"),
-        ("data.gen_batch_size=8", "small batch (V1 with filter_groups uses 1 anyway)"),
-        ("data.dataloader_num_workers=0", "2-core machine"),
-        ("reward.num_workers=1", "2-core machine (each reward worker is a process)"),
-        ("actor_rollout_ref.model.enable_gradient_checkpointing=false", "tiny model"),
-        ("+actor_rollout_ref.model.override_config.attn_implementation=sdpa", "CPU attention"),
-        # rollout
-        (f"{R}.name=hf", "CPU rollout backend (erc_verl/cpu/rollout.py)"),
-        (f"{R}.tensor_model_parallel_size=1", "TP 1"),
-        (f"{R}.n=4", "4 responses per prompt"),
-        (f"{R}.val_kwargs.n=2", "2 samples per validation prompt"),
-        (f"{R}.agent.num_workers=1", "2-core machine"),
-        (f"{R}.prompt_length=32", "short lengths"),
-        (f"{R}.response_length=8", "short lengths"),
-        # actor
-        (f"{A}.strategy=fsdp2", "FSDP1 syncs module states on a GPU"),
-        (f"{F}.strategy=fsdp2", "FSDP1 syncs module states on a GPU"),
-        (f"{A}.ppo_mini_batch_size=2", "4 mini-batches per step, so the ERC band sees a moving policy"),
-        (f"{A}.ulysses_sequence_parallel_size=1", "one process"),
-        (f"{F}.ulysses_sequence_parallel_size=1", "one process"),
-        (f"{F}.param_offload=false", "no offload on CPU"),
-        (f"{F}.optimizer_offload=false", "no offload on CPU"),
-        (f"{F}.model_dtype=fp32", "CPU: fp32"),
-        (f"{F}.dtype=float32", "CPU: fp32"),
-        (f"+{F}.mixed_precision.param_dtype=fp32", "CPU: fp32"),
-        (f"+{F}.mixed_precision.reduce_dtype=fp32", "CPU: fp32"),
-        (f"+{F}.mixed_precision.buffer_dtype=fp32", "CPU: fp32"),
-        (f"{A}.use_torch_compile=false", "no compiler on CPU"),
-        (f"{F}.use_torch_compile=false", "no compiler on CPU"),
-        (f"{A}.optim.lr=0.002", "tiny model, 3 steps: a step size that moves the entropy ratio"),
-        (f"{A}.optim.lr_warmup_steps=0", "3 steps only"),
-        # trainer
-        ("trainer.device=cpu", "CPU"),
-        ("trainer.nnodes=1", "1 node"),
-        ("trainer.n_gpus_per_node=1", "1 worker process"),
-        (f"trainer.total_training_steps={steps}", f"{steps} training steps"),
-        (f"trainer.test_freq={steps}", "validation before training and at the end"),
-        ("trainer.save_freq=2", "a checkpoint at step 2"),
-        ("trainer.logger=[console,file]", "no wandb"),
-        (f"trainer.default_local_dir={run_dir}", "runs/smoke/RECIPE"),
-        (f"hydra.run.dir={run_dir}/hydra", "Hydra's own files in the run folder, not ./outputs"),
-        ("algorithm.filter_groups.max_num_gen_batches=10", "fail, not spin, if every group is filtered"),
-        # Ray and TransferQueue on a small machine
-        ("ray_kwargs.ray_init.num_cpus=16", "logical CPUs for Ray's actors (TransferQueue takes some)"),
-        ("+ray_kwargs.ray_init.include_dashboard=false", "2-core machine"),
-        ("transfer_queue.backend.SimpleStorage.num_data_storage_units=1", "each unit holds a Ray CPU"),
-        (f"++{env}.VERL_PLATFORM=cpu", "CPU platform in every worker"),
-        (f"++{env}.VERL_FILE_LOGGER_PATH={file_log}", "file log in the run folder"),
-        (f"++{env}.ERC_VERL_REPLAY_POLL_S='{POLL_S}'", "replay buffer polls every 0.2 s, not 2 s (steps are short)"),
-    ]
+SMOKE_MARKER = MARKER
+_SHOWN_ENV = ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES", "VERL_FILE_LOGGER_PATH")
 
 
 @dataclass
@@ -281,11 +71,18 @@ class SmokePlan:
     env: dict[str, str]
     overrides: list[tuple[str, str]] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    layout: Layout = field(default_factory=Layout)
+    console_log: Path | None = None
+    probe_file: Path | None = None
+    ray_temp_dir: Path | None = None
 
     def describe(self) -> str:
         lines = [f"# smoke run of recipes/{self.recipe}.yaml through verl's main_ppo on CPU",
-                 f"# run folder: {self.run_dir} (metrics: {self.file_log})",
-                 "# overrides (everything else is the recipe's):"]
+                 f"# run folder: {self.run_dir} (metrics: {self.file_log})"]
+        if self.console_log is not None:
+            lines.append(f"# console log: {self.console_log}")
+        lines += self.layout.describe()
+        lines.append("# overrides (everything else is the recipe's):")
         width = min(64, max((len(o) for o, _ in self.overrides), default=0))
         for o, why in self.overrides:
             lines.append(f"#   {o.ljust(width)}  # {why}" if len(o) <= width else f"#   {o}\n#   {'':{width}}  # {why}")
@@ -297,12 +94,6 @@ class SmokePlan:
         return "\n".join(lines)
 
 
-_SHOWN_ENV = ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES", "VERL_FILE_LOGGER_PATH")
-
-
-SMOKE_MARKER = "erc_verl_smoke_run.json"
-
-
 def build_smoke(
     recipe: str,
     out_dir: str | os.PathLike = DEFAULT_OUT,
@@ -312,25 +103,55 @@ def build_smoke(
     spec: ModelSpec = ModelSpec(),
     python: str | None = None,
     recipes_dir: str | os.PathLike = RECIPES_DIR,
-    fresh: bool = True,
+    run_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    layout: Layout = Layout(),
+    ray_address: str | None = None,
+    ray_temp_dir: Path | None = None,
+    probe: bool = False,
+    worker_slots: bool = False,
+    prepare: bool = True,
+    stamp: str | None = None,
     log=print,
 ) -> SmokePlan:
-    """Prepare model/data and a fresh run folder; return the main_ppo command and environment."""
+    """The main_ppo command and environment of one smoke run.
+
+    run_dir: the run folder (default OUT_DIR/RECIPE); cache_dir: the model/data cache (default
+    OUT_DIR/.cache). prepare=False builds nothing and writes nothing (a dry run). Nothing that
+    is already in the run folder is removed: verl continues from its last checkpoint there.
+    """
     recipe = recipe[:-5] if recipe.endswith(".yaml") else recipe
     recipes_dir = Path(recipes_dir).resolve()
     if not (recipes_dir / f"{recipe}.yaml").exists():
         names = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {recipe!r} in {recipes_dir} (available: {' '.join(names)})")
     out_dir = Path(out_dir).resolve()
-    run_dir = out_dir / recipe
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)  # verl resumes from the last global_step_* it finds
-    model_dir, data = prepare_assets(out_dir / ".cache", spec, log=log)
-    file_log = run_dir / "logs" / f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    file_log.parent.mkdir(parents=True, exist_ok=True)
-    # Tells `erc-verl table` this is a tiny CPU model, not the recipe's model (no paper column).
-    (run_dir / SMOKE_MARKER).write_text(json.dumps({"recipe": recipe, "model": str(model_dir)}) + "\n")
-    overrides = smoke_overrides(model_dir, data, run_dir, file_log, steps=steps)
+    run_dir = Path(run_dir).resolve() if run_dir is not None else out_dir / recipe
+    cache_dir = Path(cache_dir).resolve() if cache_dir is not None else out_dir / ".cache"
+    if prepare:
+        # Looked up on the module, so a caller (or a test) can replace it.
+        model_dir, data = sys.modules[__name__].prepare_assets(cache_dir, spec, log=log)
+    else:
+        model_dir, data = asset_paths(cache_dir, spec)
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    file_log = run_dir / "logs" / f"metrics-{stamp}.jsonl"
+    probe_file = run_dir / "logs" / f"layout-probe-{stamp}.ndjson" if probe else None
+    if prepare:
+        file_log.parent.mkdir(parents=True, exist_ok=True)
+        if read_marker(run_dir) is None:
+            # Tells `erc-verl table` this is a tiny CPU model, not the recipe's model (no paper column).
+            write_marker(run_dir, {"recipe": recipe, "model": str(model_dir), "launches": []})
+    overrides = smoke_overrides(model_dir, data, run_dir, file_log, steps=steps, layout=layout,
+                                ray_address=ray_address, ray_temp_dir=ray_temp_dir)
+    if probe_file is not None:
+        modules = f"erc_verl,{layout_probe.MODULE}"
+        overrides += [
+            (f"++{RUNTIME_ENV}.VERL_USE_EXTERNAL_MODULES='{modules}'", "erc_verl, and the layout probe (layout.json)"),
+            (f"++{RUNTIME_ENV}.{layout_probe.ENV}={probe_file}", "each training rank records its Ray node there"),
+        ]
+    if worker_slots:
+        overrides.append((f"++{RUNTIME_ENV}.{layout_probe.SLOT_ENV}={layout_probe.SLOT_RESOURCE}",
+                          "one worker slot per bundle: each node's workers on a Ray node of their own, as GPUs do"))
     cmd = [
         python or sys.executable, "-m", "verl.trainer.main_ppo",
         "--config-path", str(recipes_dir), "--config-name", recipe,
@@ -347,119 +168,260 @@ def build_smoke(
         TOKENIZERS_PARALLELISM="false",
         ERC_VERL_REPLAY_POLL_S=POLL_S,
         RAY_DEDUP_LOGS="0",
-        # the recipe's ${oc.env:...} values, should a user-level default be read before ours
         PYTHONUNBUFFERED="1",
     )
-    env.pop("RAY_ADDRESS", None)  # always a private local Ray
-    return SmokePlan(recipe, run_dir, file_log, cmd, env, overrides, list(extra_overrides))
+    # Never join a cluster the smoke did not start: ray.init(address=...) is set explicitly, and
+    # RAY_ADDRESS is cleared so nothing in the driver reads a stray one.
+    env.pop("RAY_ADDRESS", None)
+    if ray_address is not None:
+        env.update(AUTH_ENV)  # the same mode as the smoke's cluster (ray_cluster.py)
+    return SmokePlan(recipe, run_dir, file_log, cmd, env, overrides, list(extra_overrides), layout,
+                     console_log=run_dir / "logs" / f"console-{stamp}.log", probe_file=probe_file,
+                     ray_temp_dir=ray_temp_dir)
 
 
-def _stop(proc) -> None:
-    """Stop main_ppo's process group: SIGINT first (its atexit shuts Ray down), then harder."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+# --- the command line ---------------------------------------------------------------------
 
 
-def run_main_ppo(
-    plan: SmokePlan,
-    *,
-    timeout: float | None = None,
-    capture: Path | None = None,
-    on_line=None,
-    env: dict | None = None,
-) -> int | None:
-    """Run the plan's main_ppo; returns its exit code, or None when `timeout` stopped it.
+class SmokeError(Exception):
+    """Bad input: one line naming the fix, exit 2."""
 
-    capture: also write the command and its output there; on_line(line): called for every output
-    line (both pipe the output; else it goes to this process's stdout). main_ppo runs in its own
-    process group, and on a timeout, Ctrl-C or any error here the whole group is stopped, so no
-    trainer or Ray cluster outlives the call. env: replaces plan.env.
-    """
-    piped = capture is not None or on_line is not None
-    fh = None
-    if capture is not None:
-        capture.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(capture, "w")
-        fh.write("$ " + " ".join(shlex.quote(c) for c in plan.cmd) + "\n")
+
+def _positive_env(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise SmokeError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def layout_from_env(recipe: str, recipes_dir: Path, extra: list[str]) -> Layout:
+    """NNODES x GPUS_PER_NODE CPU workers (1 x 1 without them) and the Ulysses size to use."""
+    nnodes, per_node = _positive_env("NNODES"), _positive_env("GPUS_PER_NODE")
+    nnodes, per_node = nnodes or 1, per_node or 1
+    recipe_sp = recipe_ulysses(recipe, recipes_dir, extra)
+    return Layout(nnodes, per_node, pick_ulysses(recipe_sp, nnodes * per_node, ModelSpec().heads), recipe_sp)
+
+
+def recipe_ulysses(recipe: str, recipes_dir: Path, extra: list[str]) -> int | None:
+    """The Ulysses size the recipe (with the user's overrides) asks for; None when it cannot be composed."""
     try:
-        proc = subprocess.Popen(
-            plan.cmd, env=plan.env if env is None else env, cwd=str(ROOT),
-            stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None,
-            text=True, bufsize=1, start_new_session=True,
-        )
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
 
-        def pump() -> None:
-            for line in proc.stdout:
-                if fh is not None:
-                    fh.write(line)
-                if on_line is not None:
-                    on_line(line)
-
-        reader = threading.Thread(target=pump, daemon=True) if piped else None
-        if reader is not None:
-            reader.start()
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            rc = None
-        except BaseException:  # Ctrl-C or any error here: never leave a trainer and its Ray cluster behind
-            _stop(proc)
-            raise
-        if reader is not None:
-            reader.join(timeout=10)
-    finally:
-        if fh is not None:
-            fh.close()
-    return rc
+        with initialize_config_dir(config_dir=str(recipes_dir), version_base=None):
+            cfg = compose(config_name=recipe, overrides=list(extra))
+        for key in ("actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+                    "actor_rollout_ref.actor.ulysses_sequence_parallel_size"):
+            value = OmegaConf.select(cfg, key, default=None)
+            if isinstance(value, int):
+                return value
+    except Exception:  # main_ppo composes it again and reports the error itself
+        return None
+    return None
 
 
-def read_file_log(path: Path) -> dict[int, dict]:
-    """verl's file-logger JSONL as {step: metrics}; a step logged twice is merged."""
-    steps: dict[int, dict] = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            steps.setdefault(int(row["step"]), {}).update(row.get("data", {}))
-    return steps
+def _continuing(path: Path) -> bool:
+    return path.exists() and is_run_folder(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _latest_checkpoint(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / "latest_checkpointed_iteration.txt").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _shown(path: Path) -> str:
+    """A path as the user types it from the repository root (launch.sh runs there)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch.sh --smoke",
-        description="Run a recipe through verl's main_ppo on CPU with a tiny model (see erc_verl/rehearsal/smoke.py).",
+        description="Run a recipe through verl's main_ppo on CPU with a tiny model (erc_verl/rehearsal/smoke.py). "
+        "Every run writes a new folder runs/smoke/RECIPE/<time>/ (runs/smoke/RECIPE/latest points at the "
+        "newest); nothing is removed. Layout rehearsal: NNODES=M GPUS_PER_NODE=N give M x N CPU workers "
+        "(M > 1: a local Ray cluster of M nodes).",
     )
     parser.add_argument("recipe", help="a recipe name in recipes/ (e.g. dapo_erc_qwen1.5b)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, applied last")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="parent of the run folder (default runs/smoke)")
-    parser.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
-    parser.add_argument("--dry-run", action="store_true", help="prepare and print the command, run nothing")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", metavar="DIR", help="the run folder itself (default: a new runs/smoke/RECIPE/<time>/); "
+                        "an existing smoke run folder is continued from its last checkpoint")
+    parser.add_argument("--resume", metavar="DIR", help="continue the smoke run in DIR (e.g. runs/smoke/RECIPE/latest) "
+                        "from its last checkpoint; give a larger --steps")
+    parser.add_argument("--steps", type=int, default=3, help="training steps in all (default 3; a checkpoint at step 2)")
+    parser.add_argument("--cache", metavar="DIR", default=str(DEFAULT_OUT / ".cache"),
+                        help="cache of the tiny model and data (default runs/smoke/.cache)")
+    parser.add_argument("--dry-run", action="store_true", help="print the command and the layout; write and run nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
     t0 = time.time()
     try:
-        plan = build_smoke(args.recipe, args.out, args.overrides, steps=args.steps)
-    except FileNotFoundError as err:
+        return _main(args, t0)
+    except (SmokeError, FileNotFoundError) as err:
         print(f"launch.sh --smoke: error: {err}", file=sys.stderr)
         return 2
-    print(plan.describe(), flush=True)
-    if args.dry_run:
-        return 0
-    rc = run_main_ppo(plan)
-    took = time.time() - t0
-    if rc == 0:
-        print(f"[smoke] {plan.recipe}: done in {took:.0f}s. Metrics: {plan.file_log}\n"
-              f"[smoke] erc-verl table {plan.run_dir}")
+
+
+def _main(args, t0: float) -> int:
+    recipe = args.recipe[:-5] if args.recipe.endswith(".yaml") else args.recipe
+    if not (RECIPES_DIR / f"{recipe}.yaml").exists():
+        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise SmokeError(f"no recipe {recipe!r} in {RECIPES_DIR} (available: {' '.join(names)})")
+    if args.steps < 1:
+        raise SmokeError(f"--steps must be at least 1, got {args.steps}")
+    if args.out and args.resume:
+        raise SmokeError("give --out DIR or --resume DIR, not both")
+
+    # The run folder: continued, named, or new.
+    resume = False
+    if args.resume:
+        run_dir = Path(args.resume).resolve()
+        if not _continuing(run_dir):
+            raise SmokeError(f"--resume {args.resume}: not a smoke run folder (no {MARKER}); "
+                             "fix: name one, e.g. runs/smoke/RECIPE/latest")
+        resume = True
+    elif args.out:
+        run_dir = Path(args.out).resolve()
+        if _continuing(run_dir):
+            resume = True
+        elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise SmokeError(f"--out {args.out}: exists and is not a smoke run folder; fix: name a new or empty "
+                             "folder (or an existing smoke run to continue it)")
     else:
-        print(f"[smoke] {plan.recipe}: main_ppo exited with {rc} after {took:.0f}s", file=sys.stderr)
-    return rc
+        run_dir = None  # a new runs/smoke/RECIPE/<time>/, made below
+    if resume:
+        marker = read_marker(run_dir) or {}
+        if marker.get("recipe") not in (None, recipe):
+            raise SmokeError(f"{run_dir} is a smoke run of {marker['recipe']}, not {recipe}; "
+                             f"fix: launch.sh --smoke --resume {run_dir} {marker['recipe']}")
+        done = _latest_checkpoint(run_dir)
+        if done is not None and args.steps <= done:
+            raise SmokeError(f"{run_dir} has a checkpoint at step {done} already; fix: --steps {done + 1} or more "
+                             "to train further")
+
+    layout = layout_from_env(recipe, RECIPES_DIR, args.overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    recipe_dir = (Path.cwd() / DEFAULT_OUT / recipe).resolve()
+    shown_dir = run_dir if run_dir is not None else recipe_dir / stamp
+    cluster = (LocalRayCluster(layout.nnodes, RAY_CPUS_PER_NODE, log=print,
+                               resources={layout_probe.SLOT_RESOURCE: layout.workers_per_node})
+               if layout.nnodes > 1 else None)
+    if cluster is not None and run_dir is not None:
+        cluster._log_dir = run_dir / "logs"  # `ray start` output kept with the run
+    ray_temp = None if cluster else private_temp_dir()
+    kwargs = dict(steps=args.steps, run_dir=shown_dir, cache_dir=args.cache, layout=layout,
+                  ray_address=cluster.address if cluster else None, ray_temp_dir=ray_temp, probe=True,
+                  worker_slots=cluster is not None, stamp=stamp)
+
+    if args.dry_run:
+        plan = build_smoke(recipe, DEFAULT_OUT, args.overrides, prepare=False, **kwargs)
+        print(plan.describe())
+        if cluster is not None:
+            print(f"# local Ray cluster of {layout.nnodes} nodes, started first and stopped afterwards:")
+            for cmd in cluster.node_commands():
+                print("#   " + " ".join(shlex.quote(c) for c in cmd))
+        print("# dry run: nothing written (the model cache is built on the first real run)")
+        return 0
+
+    if run_dir is None:
+        run_dir = new_run_dir(recipe_dir, stamp)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    kwargs["run_dir"] = run_dir
+    if cluster is not None:
+        cluster._log_dir = run_dir / "logs"  # `ray start` output kept with the run
+    plan = build_smoke(recipe, DEFAULT_OUT, args.overrides, **kwargs)
+    header = plan.describe()
+    print(header, flush=True)
+    if cluster is not None:
+        print(f"# local Ray cluster of {layout.nnodes} nodes (private temp dir {cluster.temp_dir})", flush=True)
+    model_dir, _ = asset_paths(Path(args.cache).resolve(), ModelSpec())
+    marker = start_launch(run_dir, recipe, model_dir, stamp, sys.argv[1:])
+
+    rc, status = None, "failed"
+
+    def on_sigterm(signum, frame):  # `kill PID` or a job timeout: stop main_ppo and the cluster like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        if cluster is not None:
+            cluster.start()
+        else:
+            ray_temp.mkdir(parents=True)
+        rc = run_main_ppo(plan, capture=plan.console_log, header=header,
+                          on_line=lambda line: (sys.stdout.write(line), sys.stdout.flush()))
+        status = "done" if rc == 0 else "failed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print("\n[smoke] interrupted: main_ppo and its Ray processes stopped", file=sys.stderr)
+    except RuntimeError as err:  # the local Ray cluster did not come up
+        print(f"[smoke] {err}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if cluster is not None:
+            cluster.stop()
+            cluster.remove_temp_dir()
+        elif ray_temp is not None:
+            shutil.rmtree(ray_temp, ignore_errors=True)  # made by this run, above
+        steps = trained_steps(plan.file_log)
+        marker = finish_launch(run_dir, marker, status, rc, steps)
+        _write_layout(plan, run_dir, stamp)
+    took = time.time() - t0
+    trained = marker.get("trained_steps", [])
+    latest = None
+    if trained and run_dir.parent == recipe_dir:
+        latest = point_latest(run_dir)
+    where = _shown(latest if latest is not None else run_dir)
+    if status == "done":
+        print(f"[smoke] {recipe}: done in {took:.0f}s; trained steps {steps} (all: {trained}); run folder {_shown(run_dir)}")
+        print(f"[smoke] console log {_shown(plan.console_log)}, metrics {_shown(plan.file_log)}, layout "
+              f"{_shown(run_dir / 'layout.json')}")
+        print("[smoke] next, from the repository root:")
+        print(f"  scripts/erc-verl table {where}")
+        print(f"  scripts/erc-verl plot {where}        # writes {_shown(run_dir)}/plot.png")
+        print(f"  scripts/launch.sh --smoke --resume {where} {recipe} --steps {args.steps + 1}   # one step more")
+        return 0
+    before = "" if trained else ", before its first training step"
+    print(f"[smoke] {recipe}: main_ppo {status if rc is None else f'exited with {rc}'} after {took:.0f}s{before}. "
+          f"Run folder {_shown(run_dir)} is marked {status} ({MARKER})"
+          + ("; erc-verl table skips it" if not trained else "")
+          + f". Console log: {_shown(plan.console_log)}", file=sys.stderr)
+    return 130 if status == "interrupted" else (rc if rc else 1)
+
+
+def _write_layout(plan: SmokePlan, run_dir: Path, stamp: str) -> None:
+    """layout.json (layout-<time>.json for a continued run): the layout, and where Ray put each rank."""
+    if plan.probe_file is None:
+        return
+    seen = layout_probe.summarize(plan.probe_file)
+    layout = plan.layout
+    data = {
+        "world_size": layout.world_size,
+        "nnodes": layout.nnodes,
+        "workers_per_node": layout.workers_per_node,
+        "ulysses_sequence_parallel_size": layout.ulysses,
+        "recipe_ulysses_sequence_parallel_size": layout.recipe_ulysses,
+        "rollout_tensor_parallel_size": 1,
+        "nodes": seen["nodes"],
+        "micro_batches_per_mini_batch": seen["micro_batches_per_mini_batch"],
+        "mini_batches_recorded": seen["mini_batches_recorded"],
+        "source": f"nodes and micro-batches recorded in the training workers through Ray ({plan.probe_file.name})",
+    }
+    path = run_dir / "layout.json"
+    if path.exists():
+        path = run_dir / f"layout-{stamp}.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":

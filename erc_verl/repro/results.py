@@ -51,6 +51,8 @@ PAPER_AVERAGES = {
 
 # Log folders that are not the run's name (scripts/launch.sh layout: <CKPT_DIR>/<run>/logs/).
 _LOG_DIR_NAMES = {"logs"}
+# The marker erc_verl.rehearsal.smoke writes in each run folder (erc_verl/rehearsal/run_folder.py).
+SMOKE_MARKER = "erc_verl_smoke_run.json"
 
 
 @dataclass
@@ -182,46 +184,109 @@ def run_name(path: Path) -> str:
     return "/".join([folder.name or str(folder), *parts])
 
 
+def _run_root(f: Path) -> Path:
+    """The run folder of a log file: above logs/ (and eval*/) folders."""
+    folder = f.parent
+    while folder.name in _LOG_DIR_NAMES or folder.name.startswith("eval"):
+        folder = folder.parent
+    return folder
+
+
+def _smoke_marker(folder: Path) -> dict | None:
+    """The marker erc_verl.rehearsal.smoke writes in a run folder, or None."""
+    try:
+        marker = json.loads((folder / SMOKE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else {}
+
+
+def _smoke_skip_note(folder: Path, marker: dict) -> str | None:
+    """Why a smoke run folder holds no result: it failed or was stopped before its first training step."""
+    status = marker.get("status")
+    if status in ("failed", "interrupted") and not marker.get("trained_steps"):
+        rc = (marker.get("launches") or [{}])[-1].get("rc")
+        how = status + (f" (exit {rc})" if rc not in (None, 0) else "")
+        return (f"note: skipped {folder}: a smoke run that {how} before its first training step; "
+                f"its console log is in {folder / 'logs'}")
+    return None
+
+
+def _under_link(f: Path, top: Path) -> bool:
+    """True when f is reached through a symlinked folder below top (a `latest` link)."""
+    here = top
+    for part in f.relative_to(top).parts[:-1]:
+        here = here / part
+        if here.is_symlink():
+            return True
+    return False
+
+
+def _smoke_run_name(folder: Path, marker: dict) -> str:
+    """A smoke run is named by its recipe, plus the run folder's name when that is not the recipe."""
+    recipe = str(marker.get("recipe") or folder.name)
+    return recipe if folder.name == recipe else f"{recipe}/{folder.name}"
+
+
 def load_runs(path: str | Path) -> list[Run]:
     """The runs of a log file, or of every *.jsonl under a folder (merged in name order).
 
-    A verl file log is one run; demo rows naming a `run` give one run each. Raises UserError
-    when the path holds no readable record.
+    A verl file log is one run; demo rows naming a `run` give one run each. A `latest` link is
+    followed (and not counted twice beside the run it names); a smoke run that failed before its
+    first training step is skipped with a note. Raises UserError when the path holds no readable
+    record.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # runs/smoke/RECIPE/latest -> the run folder it names
     if path.is_dir():
-        files = sorted(path.rglob("*.jsonl"), key=lambda p: (p.name, str(p)))
+        files = sorted((f for f in path.rglob("*.jsonl") if not _under_link(f, path)), key=lambda p: (p.name, str(p)))
         if not files:
-            raise UserError(f"{path}: no *.jsonl file in this folder; expected {EXPECTED}")
+            marker = _smoke_marker(path)
+            note = _smoke_skip_note(path, marker) if marker is not None else None
+            raise UserError(
+                (note.removeprefix("note: ") + "; " if note else f"{path}: no *.jsonl file in this folder; ")
+                + "fix: name a run folder whose logs/ holds metrics-*.jsonl (trainer.logger includes file), "
+                "e.g. runs/smoke/RECIPE/latest or $CKPT_DIR/<run>"
+            )
     elif path.is_file():
         files = [path]
     else:
         raise UserError(f"no such log file or folder: {path}")
     # One run per run folder (a folder of runs, e.g. runs/smoke or the demo's output, gives
     # several); the files of one run are merged in name order.
-    groups: dict[str, list[Path]] = {}
+    groups: dict[Path, list[Path]] = {}
     for f in files:
-        groups.setdefault(run_name(f) if path.is_dir() and f.parent != path else run_name(path), []).append(f)
+        groups.setdefault(_run_root(f), []).append(f)
     runs: list[Run] = []
     by_run: dict[str, dict] = {}
     warnings: list[str] = []
+    notes: list[str] = []
     records = 0
-    for name, group in groups.items():
-        run = Run(name, smoke=_is_smoke_run(group[0]))
+    for root, group in groups.items():
+        marker = _smoke_marker(root)
+        note = _smoke_skip_note(root, marker) if marker is not None else None
+        if note is not None:
+            notes.append(note)
+            continue
+        if marker is not None:
+            name = _smoke_run_name(root, marker)
+        else:
+            name = run_name(group[0]) if path.is_dir() and group[0].parent != path else run_name(path)
+        run = Run(name, smoke=marker is not None)
         records += sum(read_log_file(f, run.steps, by_run, warnings) for f in group)
         if run.steps:
             runs.append(run)
+    for message in notes:
+        print(message, file=sys.stderr)
     if not records:
+        if notes and len(notes) == len(groups):
+            raise UserError(f"{path}: every run here failed before its first training step (see the notes); "
+                            "fix: rerun the smoke (scripts/launch.sh --smoke RECIPE) and name its new run folder")
         raise UserError(f"{path}: no metrics record in {len(files)} .jsonl file(s); expected {EXPECTED}")
     for message in warnings:  # some files or lines unreadable beside real records: say so
         print(message, file=sys.stderr)
     return runs + [Run(name, steps) for name, steps in by_run.items()]
-
-
-def _is_smoke_run(path: Path) -> bool:
-    folder = path if path.is_dir() else path.parent
-    # The marker erc_verl.rehearsal.smoke writes; the file log sits in <run>/logs/.
-    return any((d / "erc_verl_smoke_run.json").exists() for d in (folder, folder.parent))
 
 
 def load_run(path: str | Path) -> Run:
@@ -357,7 +422,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
-    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="PNG file to write (default: plot.png in the run folder, or beside the log file; "
+                        "plot-2.png, ... when that exists)")
 
 
 def _load_all(paths) -> list[Run]:
@@ -371,9 +438,26 @@ def table_main(args) -> int:
     return 0
 
 
+def default_plot_path(paths) -> Path:
+    """plot.png next to the run: in the run folder (a `latest` link followed), or beside a log
+    file; never over an existing file (plot-2.png, plot-3.png, ...)."""
+    if len(paths) != 1:
+        raise UserError(f"plot of {len(paths)} runs: fix: name the PNG with --out FILE.png")
+    path = Path(paths[0])
+    path = path.resolve() if path.is_symlink() else path
+    folder = path if path.is_dir() else path.parent
+    stem = "plot" if path.is_dir() else f"{path.stem}-plot"
+    for i in range(1, 1000):
+        out = folder / (f"{stem}.png" if i == 1 else f"{stem}-{i}.png")
+        if not out.exists():
+            return out
+    raise UserError(f"{folder}: no free plot file name; fix: --out FILE.png")
+
+
 def plot_main(args) -> int:
-    if args.out.suffix.lower() != ".png":
+    if args.out is not None and args.out.suffix.lower() != ".png":
         raise UserError(f"--out {args.out}: expected a .png file name")
     runs = _load_all(args.runs)
-    print(f"wrote {plot_runs(runs, args.out, args.var)}")
+    out = args.out if args.out is not None else default_plot_path(args.runs)
+    print(f"wrote {plot_runs(runs, out, args.var)}")
     return 0

@@ -1,0 +1,126 @@
+"""Where the smoke run's training ranks ran, read inside verl's worker processes from Ray.
+
+Loaded like any verl plugin: the smoke adds this module to `VERL_USE_EXTERNAL_MODULES` in the
+workers' runtime env and names an output file in `ERC_VERL_LAYOUT_PROBE`. Without that
+variable, importing it installs nothing. Once verl's FSDP engine loads, it wraps
+`FSDPEngine.forward_backward_batch`: every training call (one mini-batch, forward_only false)
+appends one JSON line {"rank", "world_size", "node_id", "hostname", "pid", "micro_batches"}, where
+node_id is `ray.get_runtime_context().get_node_id()` and micro_batches is the length of the list
+verl's `prepare_micro_batches` returned for that mini-batch. `summarize()` turns the file into
+layout.json's `nodes` and `micro_batches_per_mini_batch`.
+
+Placement like a GPU cluster's (with `ERC_VERL_WORKER_SLOT` set, a layout of several nodes):
+on GPUs, verl's placement group for a node asks for one GPU per worker, so each group fills one
+node. On the CPU platform a worker's bundle asks only for a CPU, and Ray may pack every group
+onto the first node. The smoke starts each Ray node with `--resources` holding GPUS_PER_NODE
+units of the resource named in ERC_VERL_WORKER_SLOT, and this module adds one unit to every
+bundle of verl's worker placement groups (`verl.single_controller.ray.base.placement_group`,
+the one call that makes them), so each node's group lands on a node of its own, as on GPUs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import socket
+
+from erc_verl.integration.hooks import after_import
+
+ENV = "ERC_VERL_LAYOUT_PROBE"
+SLOT_ENV = "ERC_VERL_WORKER_SLOT"
+SLOT_RESOURCE = "erc_verl_worker_slot"
+MODULE = "erc_verl.rehearsal.layout_probe"
+_MARK = "_erc_verl_layout_probe"
+_MICRO: contextvars.ContextVar = contextvars.ContextVar("erc_layout_micro", default=None)
+
+
+def _record(path: str, n_micro: int | None) -> None:
+    import ray
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    line = json.dumps({"rank": rank, "world_size": world, "node_id": node_id, "hostname": socket.gethostname(),
+                       "pid": os.getpid(), "micro_batches": n_micro}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _patch(module) -> None:
+    path = os.environ.get(ENV)
+    engine = getattr(module, "FSDPEngine", None)
+    if not path or engine is None or getattr(engine.forward_backward_batch, _MARK, False):
+        return
+    inner_fbb = engine.forward_backward_batch
+    inner_prepare = module.prepare_micro_batches
+
+    def prepare_micro_batches(*args, **kwargs):
+        out = inner_prepare(*args, **kwargs)
+        box = _MICRO.get()
+        if box is not None:
+            box.append(len(out[0]))
+        return out
+
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        box: list[int] = []
+        token = _MICRO.set(None if forward_only else box)
+        try:
+            return inner_fbb(self, data, loss_function, forward_only=forward_only)
+        finally:
+            _MICRO.reset(token)
+            if not forward_only:
+                _record(path, box[0] if box else None)
+
+    setattr(forward_backward_batch, _MARK, True)
+    module.prepare_micro_batches = prepare_micro_batches
+    engine.forward_backward_batch = forward_backward_batch
+
+
+def summarize(path) -> dict:
+    """{"nodes": [{"node_id", "hostname", "ranks"}], "micro_batches_per_mini_batch", ...} from a probe file."""
+    records = []
+    try:
+        text = open(path).read()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    nodes: dict[str, dict] = {}
+    for r in records:
+        node = nodes.setdefault(r["node_id"], {"node_id": r["node_id"], "hostname": r["hostname"], "ranks": set()})
+        node["ranks"].add(r["rank"])
+    micro = sorted({r["micro_batches"] for r in records if r.get("micro_batches") is not None})
+    return {
+        "nodes": sorted(({**n, "ranks": sorted(n["ranks"])} for n in nodes.values()), key=lambda n: n["ranks"]),
+        "world_size_seen": max((r["world_size"] for r in records), default=None),
+        # One value when every mini-batch of every rank had the same count (dynamic batch sizes may vary).
+        "micro_batches_per_mini_batch": micro[0] if len(micro) == 1 else (micro or None),
+        "mini_batches_recorded": len(records),
+    }
+
+
+def _patch_placement(module) -> None:
+    resource = os.environ.get(SLOT_ENV)
+    inner = getattr(module, "placement_group", None)
+    if not resource or inner is None or getattr(inner, _MARK, False):
+        return
+
+    def placement_group(bundles, *args, **kwargs):
+        return inner([{**b, resource: 1} for b in bundles], *args, **kwargs)
+
+    setattr(placement_group, _MARK, True)
+    module.placement_group = placement_group
+
+
+if os.environ.get(ENV):
+    after_import("verl.workers.engine.fsdp.transformer_impl", _patch)
+if os.environ.get(SLOT_ENV):
+    after_import("verl.single_controller.ray.base", _patch_placement)
