@@ -72,7 +72,9 @@ def test_layout_gives_the_one_worker_result(results, layout):
         torch.testing.assert_close(other["entropy"], one["entropy"], rtol=0, atol=1e-6, msg=name)
         m1, m2 = one["metrics"], other["metrics"]
         for key in EXACT:
-            assert m2[key] == m1[key], (name, key, m1[key], m2[key])
+            # The same token counts; the ranks' partial fractions are summed in another order,
+            # so allow the last bits of a float64 (one token more or less moves it by ~1e-3).
+            assert abs(m2[key] - m1[key]) <= 1e-12, (name, key, m1[key], m2[key])
         for key in RELATIVE:
             assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), (name, key)
         for pname, value in one["params"].items():
