@@ -22,10 +22,13 @@ Real run (GPU cluster). Required environment:
 Optional:
   RAY_ADDRESS    address of a running Ray cluster (required when NNODES > 1)
   WANDB_API_KEY  wandb logs online when set; otherwise set WANDB_MODE=offline (or log in first)
-  PYTHON         interpreter with verl and erc_verl installed (default: the project's .venv if
-                 present, else python)
+  PYTHON         the GPU environment's interpreter, with verl and erc_verl installed (default:
+                 python3 on PATH, never the project's .venv, which holds CPU torch)
+Before Ray starts, a real launch runs the offline check (erc_verl.repro.check.preflight): the
+recipe with your overrides, MODEL_PATH/TRAIN_FILES/VAL_FILES, CUDA in PYTHON (single node) or the
+Ray cluster's GPUs and CPUs (RAY_ADDRESS). The driver's console goes to $CKPT_DIR/<run>/driver.log.
 Outputs: $CKPT_DIR/<run>/global_step_*/ and $CKPT_DIR/<run>/logs/metrics-<time>.jsonl
-(`erc-verl table $CKPT_DIR/<run>`, `erc-verl plot ...`).
+(`scripts/erc-verl table $CKPT_DIR/<run>`, `scripts/erc-verl plot ...`).
 
 Options:
   --dry-run             print the command, run nothing
@@ -78,6 +81,16 @@ done
 RECIPE="${1%.yaml}"
 shift
 
+# The offline config check (erc_verl/repro/check), before anything starts Ray: one line naming
+# the problem and the fix. The smoke checks the user's overrides on the recipe (its own CPU
+# layout is added by the smoke); the real launch also checks paths, CUDA and Ray resources.
+preflight_smoke() {
+  local py="$1" recipe="$2"; shift 2
+  local overrides=() arg
+  for arg in "$@"; do [[ "$arg" == -* || "$arg" != *=* ]] || overrides+=("$arg"); done
+  "$py" -m erc_verl.repro.check.preflight "$recipe" "${overrides[@]}" || exit 2
+}
+
 if [[ "$SMOKE" -eq 1 ]]; then
   [[ -z "$VAL_ONLY" ]] || die "--smoke and --val-only do not combine"
   cd "$ROOT"
@@ -85,6 +98,7 @@ if [[ "$SMOKE" -eq 1 ]]; then
   # shellcheck source=setup_venv.sh
   source "$SCRIPT_DIR/setup_venv.sh"
   [[ "$DRY_RUN" -eq 1 ]] && SMOKE_ARGS+=(--dry-run)
+  preflight_smoke "$ERC_VERL_PYTHON" "$RECIPE" "$@"
   exec "$ERC_VERL_PYTHON" -m erc_verl.rehearsal.smoke "${SMOKE_ARGS[@]}" "$RECIPE" "$@"
 fi
 [[ ${#SMOKE_ARGS[@]} -eq 0 ]] || die "${SMOKE_ARGS[0]} is an option of --smoke only (see --help)"
@@ -172,21 +186,19 @@ export VERL_FILE_LOGGER_PATH="$FILE_LOG"
 [[ -n "${WANDB_MODE:-}" ]] && OVERRIDES+=("++ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE=$WANDB_MODE")
 [[ -n "${RAY_ADDRESS:-}" ]] && export RAY_ADDRESS
 
-# The project's .venv when there is one (scripts/setup_venv.sh), so the documented commands work
-# on a fresh checkout; PYTHON overrides.
+# The GPU environment: PYTHON, else python3 on PATH; never the project's .venv, which the smoke
+# builds with CPU torch (the preflight refuses a torch without CUDA on a single-node run).
+PYTHON_FROM="PYTHON"
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "${ERC_VERL_VENV:-$ROOT/.venv}/bin/python" ]]; then
-    PYTHON="${ERC_VERL_VENV:-$ROOT/.venv}/bin/python"
-  else
-    PYTHON=python
-  fi
+  PYTHON="$(command -v python3 || echo python3)"
+  PYTHON_FROM="python3 on PATH; choose another with PYTHON=/path/to/gpu-env/bin/python"
 fi
 CMD=("$PYTHON" -m verl.trainer.main_ppo --config-path "$RECIPES_DIR" --config-name "$RECIPE" "${OVERRIDES[@]}" "$@")
 
 echo "# recipe: $RECIPES_DIR/$RECIPE.yaml"
 echo "# run folder: $RUN_DIR (metrics: $FILE_LOG)"
 [[ -n "${RAY_ADDRESS:-}" ]] && echo "# Ray cluster: $RAY_ADDRESS"
-echo "# python: $PYTHON"
+echo "# python: $PYTHON ($PYTHON_FROM)"
 # Where the recipe's `wandb` logger sends metrics (a user override of trainer.logger wins).
 WANDB_IN_LOGGER=1
 for arg in "$@"; do
@@ -209,5 +221,23 @@ echo
 if [[ "$DRY_RUN" -eq 1 ]]; then
   exit 0
 fi
+"$PYTHON" -m erc_verl.repro.check.preflight --real "$RECIPE" "$@" || exit 2
 mkdir -p "$LOG_DIR"
-exec "${CMD[@]}"
+# The driver's console output, next to verl's file log (appended: a rerun keeps the earlier one).
+DRIVER_LOG="$RUN_DIR/driver.log"
+echo "# driver log: $DRIVER_LOG"
+echo "=== $(date -Is) launch.sh $RECIPE $*" >>"$DRIVER_LOG"
+# The driver in its own process group, so Ctrl-C stops it and the Ray processes it started.
+setsid "${CMD[@]}" > >(tee -a "$DRIVER_LOG") 2>&1 &
+DRIVER=$!
+stop_driver() {
+  echo "launch.sh: stopping the driver (process group $DRIVER)" >&2
+  kill -INT -- "-$DRIVER" 2>/dev/null || true
+  for _ in 1 2 3 4 5; do kill -0 "$DRIVER" 2>/dev/null || exit 130; sleep 1; done
+  kill -KILL -- "-$DRIVER" 2>/dev/null || true
+  exit 130
+}
+trap stop_driver INT TERM
+rc=0
+wait "$DRIVER" || rc=$?
+exit "$rc"

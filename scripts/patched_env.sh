@@ -6,7 +6,8 @@
 # The venv is $ERC_PATCHED_VENV_ROOT/.venv-patched-VERSION (default: the repo root). Steps:
 # torch==2.13.0 first (the CPU wheel; never let pip pick a CUDA build), then the release wheel
 # of verl with its dependencies, then scripts/apply_patches.sh on the installed package (the
-# site-packages case of that script), then erc_verl with `pip install --no-deps -e`.
+# site-packages case of that script), then erc_verl: for 0.9.1 with its dependencies and the
+# test extra (TransferQueue, which the V1 trainer imports), for 0.7.1 with `--no-deps`.
 # Rebuilt only when the patch folder, this script or pyproject.toml changed. The last line of
 # stdout is the venv's python.
 set -euo pipefail
@@ -64,7 +65,12 @@ pip_q --no-deps --force-reinstall "verl==$VERSION"
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 log "applying patches/verl-$VERSION to $SITE"
 bash "$ROOT/scripts/apply_patches.sh" "$SITE" >&2
-pip_q --no-deps -e "$ROOT"
+# erc_verl with its own dependencies (math-verify, ...) and TransferQueue, which verl 0.9.1's V1
+# trainer imports but does not declare (pinned in the test extra); torch stays at its pin.
+case "$VERSION" in
+    0.9.1) pip_q -e "$ROOT[test]" "torch==2.13.0" "verl==$VERSION" ;;
+    *) pip_q --no-deps -e "$ROOT" ;;
+esac
 "$VENV/bin/python" - <<'EOF' >&2
 import erc_verl
 assert erc_verl.PLUMBING == "patched", erc_verl.PLUMBING
