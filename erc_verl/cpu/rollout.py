@@ -86,18 +86,18 @@ def _sampling_key(params: dict) -> tuple:
     return (temperature, top_p, top_k, bool(params.get("ignore_eos", False)))
 
 
-def request_generator(seed: int, global_steps, request_id: str, prompt_ids: list[int]):
-    """A generator seeded from the request itself, or None when the request has no stable id.
+def request_generator(seed: int, global_steps, sample, prompt_ids: list[int]):
+    """A generator seeded from the request itself, or None when the request carries no sample index.
 
-    With ``rollout.full_determinism=true`` verl names every request ``det-<priority>``, where
-    priority is the sample's index in the generation batch (``AgentLoopManager.generate_sequences``)
-    and so does not depend on how many replicas there are or which one serves it. The seed mixes
-    the run's seed, the training step, that id and the prompt's tokens (batches of one step
-    reuse priorities), so a recipe samples the same responses for any number of replicas.
+    ``sample`` is the request's place in its group of responses (verl's ``session_id``, 0..n-1,
+    passed on by erc_verl/integration/rollout_hf.py). The seed mixes the run's seed, the training
+    step, that index and the prompt's tokens, none of which depends on how many replicas there
+    are or which one serves the request, so a recipe samples the same responses for any number
+    of replicas. (The same prompt twice in one step's batch samples alike.)
     """
-    if not str(request_id).startswith("det-"):
+    if sample is None:
         return None
-    key = f"{seed}|{global_steps}|{request_id}|{','.join(map(str, prompt_ids))}"
+    key = f"{seed}|{global_steps}|{sample}|{','.join(map(str, prompt_ids))}"
     digest = hashlib.sha256(key.encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
@@ -235,8 +235,7 @@ class HFRolloutServer:
         )
         seed = int(_get(config, "seed", 0) or 0) if seed is None else int(seed)
         self.seed = seed
-        # Requests without a stable id (verl's default: a fresh uuid per request) draw from the
-        # replica's own stream; see request_generator for the ones that have one.
+        # Requests without a sample index draw from the replica's own stream (request_generator).
         self.generator = torch.Generator().manual_seed(seed + 1000 * int(replica_rank))
         self.global_steps: Optional[int] = None
         self.weight_version = 0
@@ -270,6 +269,7 @@ class HFRolloutServer:
         request_id: str = "",
         image_data=None,
         video_data=None,
+        erc_sample: Optional[int] = None,
         **kwargs,
     ) -> TokenOutput:
         if image_data is not None or video_data is not None:
@@ -278,7 +278,7 @@ class HFRolloutServer:
         prompt_ids = [int(t) for t in prompt_ids]
         max_tokens = self._max_tokens(prompt_ids, params)
         fut = asyncio.get_running_loop().create_future()
-        gen = request_generator(self.seed, self.global_steps, request_id, prompt_ids) or self.generator
+        gen = request_generator(self.seed, self.global_steps, erc_sample, prompt_ids) or self.generator
         self._queue.append((prompt_ids, params, max_tokens, fut, gen))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._drain())

@@ -94,7 +94,6 @@ def smoke_overrides(
         (f"{R}.name=hf", "CPU rollout backend (erc_verl/cpu/rollout.py)"),
         (f"{R}.tensor_model_parallel_size=1", "TP 1: the hf backend has no tensor parallel"),
         (f"{R}.n=4", "4 responses per prompt"),
-        (f"{R}.full_determinism=true", "stable request ids: hf seeds each sample from its own, so any replica count samples alike"),
         (f"{R}.val_kwargs.n=2", "2 samples per validation prompt"),
         (f"{R}.agent.num_workers=1", "2-core machine"),
         (f"{R}.prompt_length=32", "short lengths"),
