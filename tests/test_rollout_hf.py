@@ -165,3 +165,18 @@ def test_rollout_weights_equal_actor_after_update(tiny_model):
     for name, tensor in after.items():
         assert torch.equal(synced[name], tensor.to(synced[name].dtype)), name
     assert any(not torch.equal(synced[k], before[k]) for k in after)
+
+
+def test_a_sample_is_seeded_from_its_request_not_its_replica():
+    from erc_verl.cpu.rollout import request_generator, sample_next
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+
+    def draw(sample, step=1, prompt=(5, 6)):
+        gens = [request_generator(0, step, sample, list(prompt)) for _ in range(3)]
+        return sample_next(logits, 1.0, 1.0, -1, gens)[0].tolist()
+
+    assert request_generator(0, 1, None, [5]) is None  # no sample index: the replica's own stream
+    assert draw(2) == draw(2)  # the same request on any replica, in any batch
+    assert len({tuple(draw(s)) for s in range(4)}) > 1  # the samples of one group differ
+    assert draw(2, step=2) != draw(2) or draw(2, prompt=(7,)) != draw(2)

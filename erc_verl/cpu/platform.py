@@ -258,12 +258,20 @@ def install_if_selected() -> bool:
 
     _register_platform_class()
     after_import("verl.workers.engine.fsdp.transformer_impl", _register_engines_after_import)
+    # verl's Ulysses covers flash attention only; the CPU runs sdpa (see erc_verl/cpu/ulysses.py).
+    after_import("verl.models.transformers.monkey_patch", _install_ulysses_sdpa)
     install_trainer_support()
     return True
 
 
 def _register_engines_after_import(module) -> None:
     register_cpu_platform()
+
+
+def _install_ulysses_sdpa(module) -> None:
+    from .ulysses import install
+
+    install()
 
 
 # ----------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ It is a smoke-test and demo backend for small models on CPU, not a serving engin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from typing import Any, Generator, Optional
@@ -85,9 +86,26 @@ def _sampling_key(params: dict) -> tuple:
     return (temperature, top_p, top_k, bool(params.get("ignore_eos", False)))
 
 
+def request_generator(seed: int, global_steps, sample, prompt_ids: list[int]):
+    """A generator seeded from the request itself, or None when the request carries no sample index.
+
+    ``sample`` is the request's place in its group of responses (verl's ``session_id``, 0..n-1,
+    passed on by erc_verl/integration/rollout_hf.py). The seed mixes the run's seed, the training
+    step, that index and the prompt's tokens, none of which depends on how many replicas there
+    are or which one serves the request, so a recipe samples the same responses for any number
+    of replicas. (The same prompt twice in one step's batch samples alike.)
+    """
+    if sample is None:
+        return None
+    key = f"{seed}|{global_steps}|{sample}|{','.join(map(str, prompt_ids))}"
+    digest = hashlib.sha256(key.encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator=None):
     """Sample one token per row; returns (tokens, log-probs under softmax(logits / T)).
 
+    ``generator`` is one torch.Generator for the whole batch, or a list with one per row.
     T = 0 is greedy, scored under softmax(logits). top_k <= 0 and top_p >= 1 switch those cuts off;
     the log-prob is always taken from the uncut tempered distribution (what verl's actor computes).
     """
@@ -110,7 +128,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: i
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         cut = torch.full_like(cut, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(cut, dim=-1)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if isinstance(generator, (list, tuple)):
+        # One generator per row: a sample does not depend on which requests share its batch.
+        tokens = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)[:, 0] for i, g in enumerate(generator)])
+    else:
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -212,10 +234,12 @@ class HFRolloutServer:
             _get(config, "max_model_len", None) or (self.prompt_length + self.response_length)
         )
         seed = int(_get(config, "seed", 0) or 0) if seed is None else int(seed)
+        self.seed = seed
+        # Requests without a sample index draw from the replica's own stream (request_generator).
         self.generator = torch.Generator().manual_seed(seed + 1000 * int(replica_rank))
         self.global_steps: Optional[int] = None
         self.weight_version = 0
-        self._queue: list[tuple[list[int], dict, int, asyncio.Future]] = []
+        self._queue: list[tuple[list[int], dict, int, asyncio.Future, torch.Generator]] = []
         self._batcher: Optional[asyncio.Task] = None
         self._lock = None
 
@@ -245,6 +269,7 @@ class HFRolloutServer:
         request_id: str = "",
         image_data=None,
         video_data=None,
+        erc_sample: Optional[int] = None,
         **kwargs,
     ) -> TokenOutput:
         if image_data is not None or video_data is not None:
@@ -253,7 +278,8 @@ class HFRolloutServer:
         prompt_ids = [int(t) for t in prompt_ids]
         max_tokens = self._max_tokens(prompt_ids, params)
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append((prompt_ids, params, max_tokens, fut))
+        gen = request_generator(self.seed, self.global_steps, erc_sample, prompt_ids) or self.generator
+        self._queue.append((prompt_ids, params, max_tokens, fut, gen))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._drain())
         tokens, logps, finish = await fut
@@ -288,7 +314,7 @@ class HFRolloutServer:
                         eos_ids=self.eos_ids,
                         pad_id=self.pad_id,
                         ignore_eos=ignore_eos,
-                        generator=self.generator,
+                        generator=[it[4] for it in items],
                     )
                 except Exception as err:  # hand the failure to every waiting request
                     for it in items:

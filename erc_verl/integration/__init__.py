@@ -45,8 +45,11 @@ def install() -> None:
     from .dynamic_sampling import install as _bound_dynamic_sampling
     from .rollout_hf import register_hf_rollout
 
+    from .ulysses_check import install as _check_ulysses_attention
+
     register_hf_rollout()
     _bound_dynamic_sampling()
+    _check_ulysses_attention()
     if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
         from ..cpu.platform import install_if_selected
 

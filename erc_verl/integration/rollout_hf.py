@@ -7,9 +7,20 @@ plugin imports nothing extra:
   verl.workers.rollout.base._ROLLOUT_REGISTRY          ("hf", "async") -> HFServerAdapter
 erc_verl.cpu.rollout (torch, transformers) is imported only when a config selects
 `actor_rollout_ref.rollout.name=hf`, by verl calling the loader or the adapter lookup.
+
+The sample's place in its group reaches the `hf` server too, so that it can seed each sample
+from the request itself (any number of replicas then samples alike): verl's agent loop knows it
+(`session_id`, 0..n-1, verl/trainer/ppo/v1/agent_loop_tq.py) but hands the server only a fresh
+uuid. `SingleTurnAgentLoop.run` records it in a context variable and `LLMServerClient.generate`
+passes it on as `erc_sample`, for `rollout.name=hf` only; other backends see no change.
 """
 
+import contextvars
+import functools
+
 from .hooks import after_import
+
+_SESSION = contextvars.ContextVar("erc_verl_hf_session", default=None)
 
 ROLLOUT_NAME = "hf"
 ADAPTER_FQN = "erc_verl.cpu.rollout.HFServerAdapter"
@@ -31,7 +42,44 @@ def _register_adapter(module) -> None:
     module._ROLLOUT_REGISTRY.setdefault((ROLLOUT_NAME, "async"), ADAPTER_FQN)
 
 
+def _wrap_agent_loop_run(module) -> None:
+    cls = module.SingleTurnAgentLoop
+    original = cls.run
+    if getattr(original, "_erc_verl_session", False):
+        return
+
+    @functools.wraps(original)
+    async def run(self, sampling_params, *args, **kwargs):
+        token = _SESSION.set(kwargs.get("session_id"))
+        try:
+            return await original(self, sampling_params, *args, **kwargs)
+        finally:
+            _SESSION.reset(token)
+
+    run._erc_verl_session = True
+    cls.run = run
+
+
+def _wrap_server_client(module) -> None:
+    cls = module.LLMServerClient
+    original = cls.generate
+    if getattr(original, "_erc_verl_session", False):
+        return
+
+    @functools.wraps(original)
+    async def generate(self, request_id, **kwargs):
+        session = _SESSION.get()
+        if session is not None and self.config.actor_rollout_ref.rollout.name == ROLLOUT_NAME:
+            kwargs.setdefault("erc_sample", int(session))
+        return await original(self, request_id, **kwargs)
+
+    generate._erc_verl_session = True
+    cls.generate = generate
+
+
 def register_hf_rollout() -> None:
     """Idempotent; cheap (imports nothing from verl by itself)."""
     after_import("verl.workers.rollout.replica", _register_replica)
     after_import("verl.workers.rollout.base", _register_adapter)
+    after_import("verl.experimental.agent_loop.single_turn_agent_loop", _wrap_agent_loop_run)
+    after_import("verl.workers.rollout.llm_server", _wrap_server_client)

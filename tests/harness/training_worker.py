@@ -514,6 +514,8 @@ def compute_old_log_prob(worker, batch, temperature: Optional[float] = None, *, 
     data = to_worker_batch(batch, layout)
     tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False, temperature=float(temperature))
     output = worker.infer_batch(data)
+    if output is None:  # a Ulysses rank other than its group's first: verl collects from that one
+        return None, None
     log_probs = _response_padded(tu.get(output, "log_probs"), data, batch, layout)
     entropy = _response_padded(tu.get(output, "entropy"), data, batch, layout)
     mask = batch["response_mask"].to(log_probs.dtype)
@@ -575,6 +577,8 @@ def update_actor(
         compute_loss=True,
     )
     output = worker.train_mini_batch(data)
+    if output is None:  # a Ulysses rank other than its group's first
+        return {}
     metrics = tu.get(output, "metrics")
     if raw:
         return metrics

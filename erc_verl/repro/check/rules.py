@@ -8,16 +8,23 @@ owns its subject).
 
 from __future__ import annotations
 
+from .errors import RecipeError
+
+
+def ulysses_attention(cfg):
+    """Ulysses > 1 only with an attention verl's Ulysses covers (erc_verl/integration/ulysses_check.py)."""
+    from erc_verl.integration.ulysses_check import ulysses_attention_problem
+
+    problem = ulysses_attention_problem(cfg.actor_rollout_ref)
+    return None if problem is None else RecipeError("actor_rollout_ref.model.override_config.attn_implementation", problem)
 
 
 def erc_support(cfg):
     """What ERC cannot gate accurately: the runtime's own rules (erc_verl/integration/support.py)."""
     from erc_verl.integration.support import problems
 
-    from .errors import RecipeError
-
     found = problems(cfg)
     return RecipeError("actor_rollout_ref.actor", found[0]) if found else None
 
 
-RULES: list = [erc_support]
+RULES: list = [ulysses_attention, erc_support]
