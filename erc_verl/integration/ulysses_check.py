@@ -83,10 +83,9 @@ def _wrap_init_model(cls) -> None:
 
 def _uses_erc(actor_rollout_ref) -> bool:
     """Runs that train with erc_verl's losses, monitor or NLL term; others are left as verl has them."""
-    from .registry import loss_wants_entropy
+    from .support import erc_actor
 
-    policy_loss = _select(actor_rollout_ref, "actor.policy_loss")
-    return loss_wants_entropy(policy_loss) or float(_select(policy_loss, "positive_nll_coeff", 0.0) or 0.0) > 0
+    return erc_actor(_select(actor_rollout_ref, "actor"))
 
 
 def _patch_engine_workers(module) -> None:
