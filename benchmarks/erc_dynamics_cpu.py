@@ -15,7 +15,7 @@ learning rate and one-factor-at-a-time changes from it. Every seed has its own S
 (cached under --cache-dir); all variants of a seed start from it and see the same prompts.
 
     python benchmarks/erc_dynamics_cpu.py            # the full study -> benchmarks/results/
-    python benchmarks/erc_dynamics_cpu.py --quick    # 2 seeds, 4 steps, base setting -> runs/
+    python benchmarks/erc_dynamics_cpu.py --quick    # 2 seeds, 3 steps, base setting -> runs/
 
 Outputs: <out>/<prefix>.md (tables), <prefix>_<setting>.png (figures), <prefix>.json (every
 run's per-step series, the statistics and the invariants), <prefix>.jsonl (raw records; a
@@ -53,13 +53,13 @@ SETTINGS = {
                     why="a wider band, 0.9/1.1 (vanilla and gppo train exactly as in base)"),
 }
 FULL = dict(seeds=5, steps=30, settings=list(SETTINGS))
-QUICK = dict(seeds=2, steps=4, settings=["base"])
+QUICK = dict(seeds=2, steps=3, settings=["base"])
 DISPLAY_ORDER = ("vanilla", "dapo_erc", "random_drop", "gppo", "gppo_erc")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="2 seeds, 4 steps, base setting only, into runs/")
+    p.add_argument("--quick", action="store_true", help="2 seeds, 3 steps, base setting only, into runs/")
     p.add_argument("--seeds", type=int, default=None, help="seeds per setting (full: 5)")
     p.add_argument("--steps", type=int, default=None, help="RL steps per run (full: 30)")
     p.add_argument("--settings", default=None, help=f"comma-separated subset of {','.join(SETTINGS)}")
