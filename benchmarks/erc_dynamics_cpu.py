@@ -70,6 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "erc_verl", "dynamics"),
                    help="where the SFT warm starts are cached")
     p.add_argument("--machine", default="the 2-core CPU machine", help="named in the report")
+    p.add_argument("--note", default="", help="a line added under the report's heading (e.g. why a run is partial)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <prefix>.jsonl")
     p.add_argument("--fresh", action="store_true", help="ignore records already in <prefix>.jsonl")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -165,6 +166,7 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
         + (f" Run time {wall_s / 60:.1f} min." if wall_s else ""),
         "What it is and how to read it: docs/erc-at-small-scale.md.",
         "",
+        *([args.note, ""] if args.note else []),
         f"Task: random Markov chain over {len(grammar.content)} content tokens (1/2/4/8 successors, good half of each), "
         f"tiny Qwen2 (hidden 64, 2 layers, vocab {task.VOCAB}), SFT warm start per seed ({task.SFT_STEPS} steps), "
         f"{task.PROMPT_LEN}-token prompts, {task.RESPONSE_LEN}-token responses; the optimum's entropy (uniform over "
