@@ -84,8 +84,10 @@ def main(argv=None):
     if with_triton:
         kernels["erc triton"] = lambda z: entropy_from_logits(z, backend="triton")
 
-    print(f"torch {torch.__version__}; rows {args.rows} x vocab {args.vocab}; triton: "
-          f"{'interpreter' if interp else 'cuda' if with_triton else 'not run'}")
+    print(
+        f"torch {torch.__version__}; rows {args.rows} x vocab {args.vocab}; triton: "
+        f"{'interpreter' if interp else 'cuda' if with_triton else 'not run'}"
+    )
     header = "| kernel | dtype | " + " | ".join(f"H in [{lo:g}, {hi:g})" for lo, hi, _ in BANDS) + " |"
     print(header)
     print("|" + " --- |" * (2 + len(BANDS)))

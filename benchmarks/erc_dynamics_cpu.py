@@ -42,15 +42,29 @@ sys.path.insert(0, str(ROOT / "tests"))
 ALL_VARIANTS = ("dapo_erc", "random_drop", "vanilla", "gppo", "gppo_erc")
 # name -> (lr, band, positive_nll_coeff, variants, why). Fixed before running.
 SETTINGS = {
-    "base": dict(lr=1e-3, band=(0.95, 1.05), nll=0.0, variants=ALL_VARIANTS,
-                 why="the drifting learning rate, the paper's band, the paper text's objective"),
-    "lr3e-4": dict(lr=3e-4, band=(0.95, 1.05), nll=0.0, variants=ALL_VARIANTS,
-                   why="a stable learning rate"),
-    "nll0.1": dict(lr=1e-3, band=(0.95, 1.05), nll=0.1, variants=ALL_VARIANTS,
-                   why="the authors' positive-sample NLL term (0.1, in every variant, as in their runs)"),
+    "base": dict(
+        lr=1e-3,
+        band=(0.95, 1.05),
+        nll=0.0,
+        variants=ALL_VARIANTS,
+        why="the drifting learning rate, the paper's band, the paper text's objective",
+    ),
+    "lr3e-4": dict(lr=3e-4, band=(0.95, 1.05), nll=0.0, variants=ALL_VARIANTS, why="a stable learning rate"),
+    "nll0.1": dict(
+        lr=1e-3,
+        band=(0.95, 1.05),
+        nll=0.1,
+        variants=ALL_VARIANTS,
+        why="the authors' positive-sample NLL term (0.1, in every variant, as in their runs)",
+    ),
     # vanilla and gppo do not depend on the band (the monitor changes no gradient): see base.
-    "band0.9": dict(lr=1e-3, band=(0.9, 1.1), nll=0.0, variants=("dapo_erc", "random_drop", "gppo_erc"),
-                    why="a wider band, 0.9/1.1 (vanilla and gppo train exactly as in base)"),
+    "band0.9": dict(
+        lr=1e-3,
+        band=(0.9, 1.1),
+        nll=0.0,
+        variants=("dapo_erc", "random_drop", "gppo_erc"),
+        why="a wider band, 0.9/1.1 (vanilla and gppo train exactly as in base)",
+    ),
 }
 FULL = dict(seeds=5, steps=30, settings=list(SETTINGS))
 QUICK = dict(seeds=2, steps=3, settings=["base"])
@@ -65,10 +79,15 @@ def parse_args(argv=None):
     p.add_argument("--settings", default=None, help=f"comma-separated subset of {','.join(SETTINGS)}")
     p.add_argument("--jobs", type=int, default=1, help="processes, one (setting, seed) unit each")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: 2 // jobs)")
-    p.add_argument("--out-dir", default=None, help="default: benchmarks/results (full), runs/erc_dynamics_quick (quick)")
+    p.add_argument(
+        "--out-dir", default=None, help="default: benchmarks/results (full), runs/erc_dynamics_quick (quick)"
+    )
     p.add_argument("--prefix", default="erc_dynamics_cpu")
-    p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "erc_verl", "dynamics"),
-                   help="where the SFT warm starts are cached")
+    p.add_argument(
+        "--cache-dir",
+        default=os.path.join(os.path.expanduser("~"), ".cache", "erc_verl", "dynamics"),
+        help="where the SFT warm starts are cached",
+    )
     p.add_argument("--machine", default="the 2-core CPU machine", help="named in the report")
     p.add_argument("--note", default="", help="a line added under the report's heading (e.g. why a run is partial)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <prefix>.jsonl")
@@ -132,11 +151,20 @@ def run_unit(args, setting_name: str, seed: int, jsonl: Path, done: set) -> None
         if key in done:
             if variant == "dapo_erc":
                 erc_keep = next(r for r in read_records(jsonl) if (r["setting"], r["seed"], r["variant"]) == key)[
-                    "series"]["keep_mb"]
+                    "series"
+                ]["keep_mb"]
             continue
         t0 = time.time()
-        rec = loop.run(variant, setting, seed, model_dir, args.steps, erc_keep=erc_keep, grammar=grammar,
-                       log=lambda msg: print(f"[{setting_name}] {msg}", flush=True))
+        rec = loop.run(
+            variant,
+            setting,
+            seed,
+            model_dir,
+            args.steps,
+            erc_keep=erc_keep,
+            grammar=grammar,
+            log=lambda msg: print(f"[{setting_name}] {msg}", flush=True),
+        )
         rec.update(setting=setting_name, wall_s=time.time() - t0)
         if variant == "dapo_erc":
             erc_keep = rec["series"]["keep_mb"]
@@ -150,11 +178,25 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
     records = [r for r in records if r["setting"] in args.settings and r["seed"] < args.seeds]
     inv = report.invariants(records)
     stats = [dict(setting=r["setting"], seed=r["seed"], variant=r["variant"], **report.run_stats(r)) for r in records]
-    (out / f"{args.prefix}.json").write_text(json.dumps(
-        {"design": {k: dict(v, band=list(v["band"]), variants=list(v["variants"])) for k, v in SETTINGS.items()
-                    if k in args.settings},
-         "seeds": args.seeds, "steps": args.steps, "wall_s": wall_s, "machine": args.machine,
-         "stats": stats, "invariants": inv, "records": f"{args.prefix}.jsonl"}, indent=1))
+    (out / f"{args.prefix}.json").write_text(
+        json.dumps(
+            {
+                "design": {
+                    k: dict(v, band=list(v["band"]), variants=list(v["variants"]))
+                    for k, v in SETTINGS.items()
+                    if k in args.settings
+                },
+                "seeds": args.seeds,
+                "steps": args.steps,
+                "wall_s": wall_s,
+                "machine": args.machine,
+                "stats": stats,
+                "invariants": inv,
+                "records": f"{args.prefix}.jsonl",
+            },
+            indent=1,
+        )
+    )
 
     grammar = task.Grammar()
     lines = [
@@ -162,8 +204,7 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
         "",
         f"Produced by `python benchmarks/erc_dynamics_cpu.py{' --quick' if args.quick else ''}` on {args.machine} "
         f"(torch threads per process: {args.threads or 'default'}, processes: {args.jobs}; Python "
-        f"{platform.python_version()})."
-        + (f" Run time {wall_s / 60:.1f} min." if wall_s else ""),
+        f"{platform.python_version()})." + (f" Run time {wall_s / 60:.1f} min." if wall_s else ""),
         "What it is and how to read it: docs/erc-at-small-scale.md.",
         "",
         *([args.note, ""] if args.note else []),
@@ -199,8 +240,12 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
         variants = [v for v in DISPLAY_ORDER if v in s["variants"]]
         png = f"{args.prefix}_{name}.png"
         done = {r["variant"]: sum(1 for x in recs if x["variant"] == r["variant"]) for r in recs}
-        lines += [f"## Setting `{name}`: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, positive_nll_coeff {s['nll']}",
-                  "", s["why"] + ".", ""]
+        lines += [
+            f"## Setting `{name}`: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, positive_nll_coeff {s['nll']}",
+            "",
+            s["why"] + ".",
+            "",
+        ]
         if not recs:
             lines += ["Not run.", ""]
             continue
@@ -211,8 +256,12 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
         ctl = [report.run_stats(r)["control_cut_frac"] for r in recs if r["variant"] == "random_drop"]
         if ctl:
             lines += [f"random_drop's own random cut fraction per seed: {', '.join(f'{c:.3f}' for c in ctl)}.", ""]
-        report.setting_figure(recs, variants, f"setting {name}: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, "
-                              f"nll {s['nll']}", str(out / png))
+        report.setting_figure(
+            recs,
+            variants,
+            f"setting {name}: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, nll {s['nll']}",
+            str(out / png),
+        )
         lines += [f"![{name}]({png})", ""]
     (out / f"{args.prefix}.md").write_text("\n".join(lines))
     return inv
@@ -239,10 +288,26 @@ def main(argv=None) -> int:
         for seed in range(args.seeds):  # warm starts once, before the units race for them
             print(f"warm start seed {seed}: {task.warm_start(args.cache_dir, seed)}", flush=True)
         done = {(r["setting"], r["seed"], r["variant"]) for r in read_records(jsonl)}
-        units = [(s, seed) for seed in range(args.seeds) for s in args.settings
-                 if any((s, seed, v) not in done for v in SETTINGS[s]["variants"])]
-        child = [sys.executable, os.path.abspath(__file__), "--out-dir", str(out), "--prefix", args.prefix,
-                 "--cache-dir", args.cache_dir, "--steps", str(args.steps), "--threads", str(args.threads)]
+        units = [
+            (s, seed)
+            for seed in range(args.seeds)
+            for s in args.settings
+            if any((s, seed, v) not in done for v in SETTINGS[s]["variants"])
+        ]
+        child = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--out-dir",
+            str(out),
+            "--prefix",
+            args.prefix,
+            "--cache-dir",
+            args.cache_dir,
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         running: list[subprocess.Popen] = []
         failed = 0
         while units or running:

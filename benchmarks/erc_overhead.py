@@ -139,10 +139,16 @@ def main(argv=None):
         # Build the model once, in a process of its own, so every variant loads the same weights.
         model_dir = os.path.join(tmp, "model")
         subprocess.run(
-            [sys.executable, "-c", "import sys; from harness import training_worker as engine_cpu; "
-             f"engine_cpu.tiny_qwen2(sys.argv[1], vocab_size={args.vocab}, hidden_size={args.hidden}, "
-             f"layers={args.layers}, max_position_embeddings={max(1024, args.seq_len)})", model_dir],
-            check=True, env=env,
+            [
+                sys.executable,
+                "-c",
+                "import sys; from harness import training_worker as engine_cpu; "
+                f"engine_cpu.tiny_qwen2(sys.argv[1], vocab_size={args.vocab}, hidden_size={args.hidden}, "
+                f"layers={args.layers}, max_position_embeddings={max(1024, args.seq_len)})",
+                model_dir,
+            ],
+            check=True,
+            env=env,
         )
         results = {v: [] for v in variants}
         for r in range(args.repeats):
@@ -158,7 +164,7 @@ def main(argv=None):
                 if proc.returncode != 0 or line is None:
                     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
                     raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
-                res = json.loads(line[len("RESULT "):])
+                res = json.loads(line[len("RESULT ") :])
                 results[variant].append(res)
                 print(
                     f"repeat {r} {variant:9s} step median {statistics.median(res['step_times']):.3f}s "
@@ -172,7 +178,9 @@ def main(argv=None):
             statistics.median(t for res in results[v] for t in res["step_times"]),
             statistics.median(res["peak_bytes"] for res in results[v]),
         )
-    print(f"\n| variant | median step (s) | peak {'GPU alloc' if args.device == 'cuda' else 'RSS'} (MiB) | time ratio | mem ratio |")
+    print(
+        f"\n| variant | median step (s) | peak {'GPU alloc' if args.device == 'cuda' else 'RSS'} (MiB) | time ratio | mem ratio |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for v, (t, m) in summary.items():
         print(f"| {v} | {t:.3f} | {m / 2**20:.0f} | {t / summary[base][0]:.3f} | {m / summary[base][1]:.3f} |")

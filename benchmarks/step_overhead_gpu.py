@@ -44,16 +44,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Qwen2.5 shapes (config.json of the released checkpoints); weights are random.
 SHAPES = {
     "1.5b": dict(
-        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
     ),
     "7b": dict(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-        num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
     ),
     "tiny": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=8192, tie_word_embeddings=False,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=8192,
+        tie_word_embeddings=False,
     ),
 }
 
@@ -115,7 +130,11 @@ def build_model(name, dtype, device):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        **SHAPES[name], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, use_cache=False,
+        **SHAPES[name],
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        use_cache=False,
     )
     config._attn_implementation = "sdpa"
     previous = torch.get_default_dtype()
@@ -241,7 +260,11 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     entropy = load_entropy_module()
     backend = args.backend
-    resolved = backend if backend != "auto" else ("triton" if args.device == "cuda" and entropy.triton_available() else "torch")
+    resolved = (
+        backend
+        if backend != "auto"
+        else ("triton" if args.device == "cuda" and entropy.triton_available() else "torch")
+    )
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(
         f"device {device_name}; torch {torch.__version__}; dtype {dtype}; entropy backend {resolved}; "

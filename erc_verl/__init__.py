@@ -18,7 +18,6 @@ from .integration.version import SUPPORTED_VERL, check_verl_version
 from .modes import ERC_LOSS_MODES, REGISTERED_LOSS_MODES
 
 
-
 def _load() -> None:
     # verl imports plugins inside `import verl` and logs their errors only at DEBUG
     # (verl/__init__.py): say it at WARNING too, with erc_verl's name and the verl release.

@@ -74,9 +74,7 @@ class ERCPolicyLossConfig(PolicyLossConfig):
                 f"policy_loss.entropy_ratio_low must lie in (0, 1), got {self.entropy_ratio_low} (paper: 0.95)"
             )
         if not self.entropy_ratio_high > 1.0:
-            raise ValueError(
-                f"policy_loss.entropy_ratio_high must be > 1, got {self.entropy_ratio_high} (paper: 1.05)"
-            )
+            raise ValueError(f"policy_loss.entropy_ratio_high must be > 1, got {self.entropy_ratio_high} (paper: 1.05)")
         for name in ("gppo_beta_low", "gppo_beta_high"):
             if getattr(self, name) < 0:
                 raise ValueError(f"policy_loss.{name} must be >= 0 (1.0 is GPPO), got {getattr(self, name)}")
@@ -87,8 +85,14 @@ class ERCPolicyLossConfig(PolicyLossConfig):
             )
         if not 0.0 <= self.keep_frac_floor < 1.0:
             raise ValueError(f"policy_loss.keep_frac_floor must lie in [0, 1) (0 disables), got {self.keep_frac_floor}")
-        if isinstance(self.keep_frac_floor_steps, bool) or not isinstance(self.keep_frac_floor_steps, int) or self.keep_frac_floor_steps < 1:
-            raise ValueError(f"policy_loss.keep_frac_floor_steps must be an integer >= 1, got {self.keep_frac_floor_steps!r}")
+        if (
+            isinstance(self.keep_frac_floor_steps, bool)
+            or not isinstance(self.keep_frac_floor_steps, int)
+            or self.keep_frac_floor_steps < 1
+        ):
+            raise ValueError(
+                f"policy_loss.keep_frac_floor_steps must be an integer >= 1, got {self.keep_frac_floor_steps!r}"
+            )
         if not isinstance(self.entropy_ratio_monitor, bool):
             raise ValueError(
                 f"policy_loss.entropy_ratio_monitor must be true or false, got {self.entropy_ratio_monitor!r}"

@@ -11,8 +11,8 @@ entries BELOW the max (entries at the max have d = 0 and add nothing to S):
     H = log K + log1p(R / K) - S / (K + R)        every term >= 0: nothing cancels
 
 The textbook forms lose exactly the small entropies: logsumexp(z) - sum(p z) cancels two O(|z|)
-numbers, and log(s) with s = 1 + R summed in float32 rounds R away once R < 6e-8 (the kernel
-before issue 10: up to 5% relative error for H in [1e-9, 1e-4)). So R must survive next to K:
+numbers, and log(s) with s = 1 + R summed in float32 rounds R away once R < 6e-8 (the float32
+kernel erc_verl shipped first: up to 5% relative error for H in [1e-9, 1e-4)). So R must survive next to K:
   triton  accumulates K, R and S separately (online, per lane) and takes log K + log1p(R / K);
   torch   float32 too: one entry at the max is taken out of the sum, Q = (K - 1) + R, and
           H = log1p(Q) - S / (1 + Q) (the same value; no float64 anywhere).
@@ -183,7 +183,9 @@ def entropy_from_logits(logits: torch.Tensor, backend: str = "auto", temperature
 
 
 @torch.no_grad()
-def entropy_from_logits_blockwise(logits: torch.Tensor, block_rows: int | None = None, temperature=None) -> torch.Tensor:
+def entropy_from_logits_blockwise(
+    logits: torch.Tensor, block_rows: int | None = None, temperature=None
+) -> torch.Tensor:
     """The torch backend with an explicit row-block size (kept for benchmarks/entropy_memory.py)."""
     logits = logits.detach()
     t_rows = _row_temperatures(temperature, logits.shape[:-1], logits.device)

@@ -4,9 +4,11 @@ This module is the single source of truth for every ERC formula (docs/algorithm.
 It knows verl's policy-loss calling convention and nothing of verl's workers.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+
 from .metrics import entropy_ratio_metrics
 
 
@@ -24,6 +26,7 @@ def compute_policy_loss_vanilla(*args, **kwargs):
     from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla as verl_vanilla
 
     return verl_vanilla(*args, **kwargs)
+
 
 # Added to both entropies so a zero-entropy (one-hot) position gives a finite ratio.
 RATIO_EPS = 1e-8

@@ -50,8 +50,10 @@ def check_passes(capsys, *overrides):
 
 
 def ulysses(n):
-    return [f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={n}",
-            f"actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size={n}"]
+    return [
+        f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={n}",
+        f"actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size={n}",
+    ]
 
 
 def gpus(nodes, per_node):
@@ -79,8 +81,12 @@ def test_check_ulysses_fix_then_token_budget_fix(capsys):
 
 def test_check_rollout_tensor_parallel_against_world_size(capsys):
     overrides = [*gpus(1, 2), *ulysses(2), "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=10240"]
-    line = check_fails(capsys, *overrides, "actor_rollout_ref.rollout.tensor_model_parallel_size=4",
-                       key="actor_rollout_ref.rollout.tensor_model_parallel_size")
+    line = check_fails(
+        capsys,
+        *overrides,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=4",
+        key="actor_rollout_ref.rollout.tensor_model_parallel_size",
+    )
     assert "TP 4" in line and "fix: a tensor_model_parallel_size that divides 2" in line
     check_passes(capsys, *overrides, "actor_rollout_ref.rollout.tensor_model_parallel_size=2")
 
@@ -158,7 +164,9 @@ def test_prepare_data_offline_fails_fast_naming_file_and_packaged_sets(capsys, t
     # Both fixes the line names, run offline.
     rc, _, _ = erc_verl(capsys, "prepare-data", "--out", out_dir, "--sets", "aime2024,aime2025")
     assert rc == 0 and sorted(p.name for p in out_dir.iterdir()) == ["aime2024.parquet", "aime2025.parquet"]
-    rc, _, _ = erc_verl(capsys, "prepare-data", "--out", out_dir, "--sets", "math500", "--file", f"math500={FIX / 'math500.jsonl'}")
+    rc, _, _ = erc_verl(
+        capsys, "prepare-data", "--out", out_dir, "--sets", "math500", "--file", f"math500={FIX / 'math500.jsonl'}"
+    )
     assert rc == 0 and (out_dir / "math500.parquet").exists()
 
 
@@ -209,7 +217,9 @@ def test_prepare_data_bad_files_name_the_file(capsys, tmp_path, name, content, e
 
 
 def test_prepare_data_missing_file(capsys, tmp_path):
-    rc, _, err = erc_verl(capsys, "prepare-data", "--out", tmp_path, "--sets", "math500", "--file", "math500=/no/such.jsonl")
+    rc, _, err = erc_verl(
+        capsys, "prepare-data", "--out", tmp_path, "--sets", "math500", "--file", "math500=/no/such.jsonl"
+    )
     assert rc == 2 and "no such file or folder: /no/such.jsonl" in one_error_line(err, "prepare-data")
 
 
@@ -226,7 +236,9 @@ def test_prepare_data_failing_set_writes_no_other_set(capsys, tmp_path):
     empty.write_text("")
     out_dir = tmp_path / "out"
     # aime2024 comes first and converts fine; amc23 fails: neither is written.
-    rc, _, err = erc_verl(capsys, "prepare-data", "--out", out_dir, "--sets", "aime2024,amc23", "--file", f"amc23={empty}")
+    rc, _, err = erc_verl(
+        capsys, "prepare-data", "--out", out_dir, "--sets", "aime2024,amc23", "--file", f"amc23={empty}"
+    )
     assert rc == 2 and "amc23" in one_error_line(err, "prepare-data")
     assert not out_dir.exists()
 
@@ -275,8 +287,18 @@ def demo_output(folder):
     with open(folder / "metrics.jsonl", "w") as f:
         for run in ("vanilla", "dapo_erc"):
             for step in range(61):
-                f.write(json.dumps({"run": run, "step": step, "actor/entropy": 0.5 + step / 100,
-                                    "actor/erc_keep_frac": 0.95, "actor/grad_norm": 1.0}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "run": run,
+                            "step": step,
+                            "actor/entropy": 0.5 + step / 100,
+                            "actor/erc_keep_frac": 0.95,
+                            "actor/grad_norm": 1.0,
+                        }
+                    )
+                    + "\n"
+                )
     (folder / "summary.md").write_text("# summary\n")
     (folder / "checks.json").write_text("{}")
     return folder
@@ -385,7 +407,10 @@ def test_erc_band_hint_composes_on_plain_verl(fix):
 
     from erc_verl.losses import erc_band
 
-    base = ["actor_rollout_ref.actor.policy_loss.loss_mode=dapo_erc", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1"]
+    base = [
+        "actor_rollout_ref.actor.policy_loss.loss_mode=dapo_erc",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+    ]
     bare = omega_conf_to_dataclass(_compose_ppo_trainer(base).actor_rollout_ref.actor)
     with pytest.raises(ValueError) as err:
         erc_band(bare)
@@ -404,8 +429,9 @@ def test_prepare_data_parquet_written_is_readable(capsys, tmp_path):
 def test_missing_current_entropy_hint_is_a_valid_override(capsys):
     """The plumbing's message for an engine without erc_verl's entropy suggests
     actor_rollout_ref.actor.calculate_entropy=true: verl's config accepts it on an ERC recipe."""
-    from erc_verl.integration.verl_0_9_1 import _missing_entropy_error
     from omegaconf import OmegaConf
+
+    from erc_verl.integration.verl_0_9_1 import _missing_entropy_error
 
     message = str(_missing_entropy_error("current", OmegaConf.create({"policy_loss": {"loss_mode": "dapo_erc"}})))
     fix = "actor_rollout_ref.actor.calculate_entropy=true"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from erc_verl.repro import data
 from erc_verl.cli import main as cli
+from erc_verl.repro import data
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -87,11 +87,15 @@ def test_packaged_aime_converts_unchanged(tmp_path):
         assert len(rows) == len(original) == 30
         # Raw question and answer carried over unchanged; only data_source is per benchmark now.
         assert [r["prompt"][0]["content"] for r in rows] == [o["prompt"][0]["content"] for o in original]
-        assert [r["reward_model"]["ground_truth"] for r in rows] == [o["reward_model"]["ground_truth"] for o in original]
+        assert [r["reward_model"]["ground_truth"] for r in rows] == [
+            o["reward_model"]["ground_truth"] for o in original
+        ]
         for row in rows:
             assert_verl_row(row, name)
             # AIME answers are integers 0..999.
-            assert row["reward_model"]["ground_truth"].isdigit() and 0 <= int(row["reward_model"]["ground_truth"]) <= 999
+            assert (
+                row["reward_model"]["ground_truth"].isdigit() and 0 <= int(row["reward_model"]["ground_truth"]) <= 999
+            )
         questions |= {r["prompt"][0]["content"] for r in rows}
     assert len(questions) == 60  # no problem twice, none shared between the years
 
@@ -152,7 +156,10 @@ def test_parquet_and_folder_inputs(tmp_path):
     # A parquet in verl's layout (numpy-array prompt column) converts too.
     verl_like = tmp_path / "verl.parquet"
     pd.DataFrame(json.loads((FIX / "klear_mathsub.json").read_text())[:3]).to_parquet(verl_like)
-    assert run(["--out", str(out), "--sets", "klear_mathsub_30k", "--strict", "--file", f"klear_mathsub_30k={verl_like}"]) == 0
+    assert (
+        run(["--out", str(out), "--sets", "klear_mathsub_30k", "--strict", "--file", f"klear_mathsub_30k={verl_like}"])
+        == 0
+    )
     assert len(read(out / "klear_mathsub_30k.parquet")) == 3
 
 

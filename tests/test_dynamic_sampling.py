@@ -46,7 +46,9 @@ def test_all_equal_stream_fails_with_a_message():
 
 
 def test_limit_from_config(monkeypatch):
-    cfg = OmegaConf.create({"data": {"train_batch_size": 128}, "algorithm": {"filter_groups": {"max_num_gen_batches": 3}}})
+    cfg = OmegaConf.create(
+        {"data": {"train_batch_size": 128}, "algorithm": {"filter_groups": {"max_num_gen_batches": 3}}}
+    )
     assert filtered_group_limit(cfg)[0] == 384
     cfg.algorithm.filter_groups.max_num_gen_batches = 0
     monkeypatch.setenv("ERC_VERL_MAX_FILTERED_BATCHES", "5")
@@ -54,8 +56,9 @@ def test_limit_from_config(monkeypatch):
 
 
 def test_trainer_builds_a_bounded_buffer():
-    import erc_verl  # noqa: F401
     from verl.trainer.ppo.v1 import trainer_base
+
+    import erc_verl  # noqa: F401
 
     assert getattr(trainer_base.PPOTrainer._build_replay_buffer, "_erc_verl_bounded", False)
 

@@ -1,6 +1,6 @@
 """erc_verl.entropy.entropy_from_logits against float64, both backends.
 
-The bar (issue 10): relative error <= 1e-4 for H >= 1e-6 and <= 1e-3 for 1e-9 <= H < 1e-6,
+The bar: relative error <= 1e-4 for H >= 1e-6 and <= 1e-3 for 1e-9 <= H < 1e-6,
 against a float64 reference of the SAME logits (bf16 / fp16 inputs are rounded first), for
 fp32, bf16 and fp16 inputs, with and without temperature; -inf entries, ties, one-hot rows.
 
@@ -16,18 +16,17 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from entropy_cases import (
     DTYPES,
-    band_report,
     check_bands,
     edge_rows,
     reference,
     spread_rows,
     textbook_float64,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from erc_verl.entropy import entropy_from_logits, entropy_from_logits_blockwise
 
 HERE = os.path.dirname(os.path.abspath(__file__))

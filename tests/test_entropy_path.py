@@ -1,10 +1,11 @@
 """Which entropy reaches dapo_erc, and when it is taken, on verl 0.9.1's real engine (CPU, FSDP2/gloo).
 
 1. With `use_torch_compile=True` (verl's default, what every recipe composes), packed (with and
-   without verl's chunked entropy) and padded forward, both H_old (old-log-prob pass) and H_cur (update) that dapo_erc receives are
-   values returned by erc_verl.entropy.entropy_from_logits, bit for bit; verl's own (compiled)
-   entropy is never called; and on a peaked model verl's formula would have given other values.
-2. Order of operations (issue 10, item 3). erc_verl's wrapper of
+   without verl's chunked entropy) and padded forward, both H_old (old-log-prob pass) and
+   H_cur (update) that dapo_erc receives are values returned by
+   erc_verl.entropy.entropy_from_logits, bit for bit; verl's own (compiled) entropy is never
+   called; and on a peaked model verl's formula would have given other values.
+2. Order of operations. erc_verl's wrapper of
    FSDPEngineWithLMHead.prepare_model_outputs (erc_verl/integration/verl_0_9_1.py) computes the
    gate entropy under torch.no_grad() as its first step and only then calls verl's
    prepare_model_outputs, which is where verl calls `logprobs_from_logits(...,
@@ -17,8 +18,8 @@
 
 import pytest
 import torch
-
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+
 from erc_verl.losses import fed_entropies
 
 pytestmark = pytest.mark.slow
@@ -64,9 +65,10 @@ class Recorder:
     functions, on verl's logprobs_from_logits (as transformer_impl imported it) and on dapo_erc."""
 
     def __init__(self, monkeypatch, engine):
-        from erc_verl.integration import verl_0_9_1 as plumbing
         from verl.trainer.ppo import core_algos
         from verl.workers.engine.fsdp import transformer_impl
+
+        from erc_verl.integration import verl_0_9_1 as plumbing
 
         self.events = []  # ("entropy" | "logprobs" | "verl_entropy" | "loss", details)
         self.ours = []  # (pass, logits detached copy, temperature, output)
@@ -109,7 +111,9 @@ class Recorder:
             entropy, old_entropy = fed_entropies(kwargs.get("config"), entropy, old_entropy)
             self.events.append(("loss", {"pass": self.passname}))
             mask = kwargs.get("response_mask")
-            self.fed.append((entropy.detach().clone(), old_entropy.detach().clone(), None if mask is None else mask.bool()))
+            self.fed.append(
+                (entropy.detach().clone(), old_entropy.detach().clone(), None if mask is None else mask.bool())
+            )
             return real_loss(*args, entropy=entropy, old_entropy=old_entropy, **kwargs)
 
         # The plumbing imports the function from erc_verl.entropy at call time (or at import).
@@ -159,7 +163,10 @@ def test_compiled_engine_feeds_erc_verls_entropy_to_dapo_erc(
     # use_torch_compile reaches verl's engine: its entropy function is the torch.compile wrapper.
     assert actor_config.use_torch_compile and engine.engine_config.use_torch_compile
     assert engine.engine_config.entropy_from_logits_with_chunking is chunking
-    assert engine.compute_entropy_from_logits not in (verl_F.entropy_from_logits, verl_F.entropy_from_logits_with_chunking)
+    assert engine.compute_entropy_from_logits not in (
+        verl_F.entropy_from_logits,
+        verl_F.entropy_from_logits_with_chunking,
+    )
     assert hasattr(engine.compute_entropy_from_logits, "_torchdynamo_orig_callable")
 
     rec = Recorder(monkeypatch, engine)
@@ -209,7 +216,7 @@ def test_gate_entropy_is_taken_before_the_in_place_log_prob_kernel(peaked_model_
         assert evs, passname
         # strictly alternating: each micro-batch's entropy first, then its log-prob kernel
         assert [e[0] for e in evs] == ["entropy", "logprobs"] * (len(evs) // 2), (passname, evs)
-        for ent, lp in zip(evs[::2], evs[1::2]):
+        for ent, lp in zip(evs[::2], evs[1::2], strict=False):
             assert ent[1]["grad_enabled"] is False  # under no_grad: no graph, no saved softmax
             # verl keeps flash-attn's in-place backward: calculate_entropy was switched off for it
             assert lp[1]["inplace_backward"] is True, (passname, lp)

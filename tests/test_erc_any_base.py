@@ -3,12 +3,12 @@ is the base's on in-band tokens and exactly zero elsewhere; sequence-level bases
 
 import pytest
 import torch
+from test_losses import actor_config, call, make_batch
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, get_policy_loss_fn
 
 import erc_verl  # noqa: F401
 from erc_verl.losses import entropy_ratio, erc_keep_mask
 from erc_verl.modes import SEQUENCE_LEVEL_MODES, TOKEN_LOCAL_MODES
-from test_losses import actor_config, call, make_batch
 
 BAND = dict(entropy_ratio_low=0.95, entropy_ratio_high=1.05)
 
@@ -52,7 +52,9 @@ def test_a_users_mode_needs_a_token_local_declaration():
 
     @core_algos.register_policy_loss("test_user_pg")
     def user_pg(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None, **_):
-        return core_algos.agg_loss(loss_mat=-advantages * log_prob, loss_mask=response_mask, loss_agg_mode=loss_agg_mode), {}
+        return core_algos.agg_loss(
+            loss_mat=-advantages * log_prob, loss_mask=response_mask, loss_agg_mode=loss_agg_mode
+        ), {}
 
     batch = make_batch(5, entropy_spread=0.08)
     with pytest.raises(ValueError, match=r"not known to be token-local.*erc_token_local_modes=\[test_user_pg\]"):

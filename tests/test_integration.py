@@ -30,7 +30,9 @@ def fake_package(tmp_path, monkeypatch):
     pkg = tmp_path / "erc_hook_probe"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "target.py").write_text("import time\ntime.sleep(0.05)\nclass Worker:\n    def run(self):\n        return 'plain'\n")
+    (pkg / "target.py").write_text(
+        "import time\ntime.sleep(0.05)\nclass Worker:\n    def run(self):\n        return 'plain'\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "erc_hook_probe.target"
     for name in [n for n in sys.modules if n.startswith("erc_hook_probe")]:
@@ -40,6 +42,7 @@ def fake_package(tmp_path, monkeypatch):
 
 def _patch(module):
     if not getattr(module.Worker.run, "patched", False):
+
         def run(self):
             return "patched"
 

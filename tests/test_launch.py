@@ -20,9 +20,17 @@ def env(tmp_path):
     for name in ("train.parquet", "val.parquet"):
         (tmp_path / name).write_bytes(b"")
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHON")}
-    base.update(MODEL_PATH=str(tmp_path / "model"), TRAIN_FILES=str(tmp_path / "train.parquet"),
-                VAL_FILES=str(tmp_path / "val.parquet"), CKPT_DIR=str(tmp_path / "ckpt"), NNODES="1",
-                GPUS_PER_NODE="8", PYTHON=sys.executable, RAY_TMPDIR=str(tmp_path / "ray"), TMPDIR=str(tmp_path))
+    base.update(
+        MODEL_PATH=str(tmp_path / "model"),
+        TRAIN_FILES=str(tmp_path / "train.parquet"),
+        VAL_FILES=str(tmp_path / "val.parquet"),
+        CKPT_DIR=str(tmp_path / "ckpt"),
+        NNODES="1",
+        GPUS_PER_NODE="8",
+        PYTHON=sys.executable,
+        RAY_TMPDIR=str(tmp_path / "ray"),
+        TMPDIR=str(tmp_path),
+    )
     return base
 
 
@@ -39,14 +47,28 @@ def refused(env, *args):
 
 
 CASES = [
-    ({}, ["actor_rollout_ref.actor.policy_loss.loss_mode=dapo-erc"], ["not a registered policy loss", "loss_mode=dapo_erc"]),
-    ({}, ["actor_rollout_ref.actor.policy_loss.entropy_ratio_lo=0.9"], ["did you mean actor_rollout_ref.actor.policy_loss.entropy_ratio_low"]),
+    (
+        {},
+        ["actor_rollout_ref.actor.policy_loss.loss_mode=dapo-erc"],
+        ["not a registered policy loss", "loss_mode=dapo_erc"],
+    ),
+    (
+        {},
+        ["actor_rollout_ref.actor.policy_loss.entropy_ratio_lo=0.9"],
+        ["did you mean actor_rollout_ref.actor.policy_loss.entropy_ratio_low"],
+    ),
     ({}, ["actor_rollout_ref.actor.policy_loss.entropy_ratio_low=1.5"], ["entropy_ratio_low must lie in (0, 1)"]),
     ({}, ["trainer.total_epochs=abc"], ["'abc' is not a number"]),
     ({"GPUS_PER_NODE": "3"}, [], ["Ulysses size 4 does not divide"]),
-    ({"GPUS_PER_NODE": "6"}, ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
-                              "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2",
-                              "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=10240"], ["data-parallel ranks"]),
+    (
+        {"GPUS_PER_NODE": "6"},
+        [
+            "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2",
+            "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=10240",
+        ],
+        ["data-parallel ranks"],
+    ),
     ({"MODEL_PATH": "/no/such/model"}, [], ["MODEL_PATH", "no such model folder"]),
     ({"TRAIN_FILES": "/no/train.parquet"}, [], ["TRAIN_FILES", "/no/train.parquet"]),
     ({"VAL_FILES": "/no/aime.parquet"}, [], ["VAL_FILES", "/no/aime.parquet"]),
@@ -74,6 +96,8 @@ def test_smoke_checks_the_overrides_before_ray(env, tmp_path):
 
 def test_real_launch_never_picks_the_project_venv(env):
     env = {k: v for k, v in env.items() if k != "PYTHON"}
-    proc = subprocess.run(["bash", str(LAUNCH), "--dry-run", RECIPE], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(LAUNCH), "--dry-run", RECIPE], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "/.venv/bin/python" not in proc.stdout and "PYTHON=" in proc.stdout

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from harness import training_worker as tw
 from harness.layouts import run_layout, shard_order
 
@@ -24,8 +23,13 @@ ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
 def _loss(mode: str) -> dict:
     # A band narrower than the paper's, so that one update of this tiny model cuts some tokens
     # of the second mini-batch and the keep and clip fractions compared below are not all 1 and 0.
-    return {"_target_": ERC_TARGET, "loss_mode": mode, "positive_nll_coeff": 0.1,
-            "entropy_ratio_low": 0.999, "entropy_ratio_high": 1.001}
+    return {
+        "_target_": ERC_TARGET,
+        "loss_mode": mode,
+        "positive_nll_coeff": 0.1,
+        "entropy_ratio_low": 0.999,
+        "entropy_ratio_high": 1.001,
+    }
 
 
 # bsz 16, mini 8, micro 2: 2 mini-batches, 4 micro-batches each (2 per rank at data parallel 2).
@@ -39,8 +43,13 @@ for _case in CASES:
     _case.update(bsz=16, mini=8, micro=2, seed=3)
 
 EXACT = ("actor/erc_keep_frac", "actor/erc_clip_frac_low", "actor/erc_clip_frac_high")
-RELATIVE = ("actor/entropy_ratio_mean", "actor/entropy_ratio_min", "actor/entropy_ratio_max", "actor/pg_loss",
-            "actor/positive_nll")
+RELATIVE = (
+    "actor/entropy_ratio_mean",
+    "actor/entropy_ratio_min",
+    "actor/entropy_ratio_max",
+    "actor/pg_loss",
+    "actor/positive_nll",
+)
 LAYOUTS = {"DP2": (2, 1), "SP2": (1, 2), "DP2xSP2": (2, 2)}
 
 

@@ -26,17 +26,34 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "dapo_erc_qwen1.5b"
-SP = ("actor_rollout_ref.actor.ulysses_sequence_parallel_size={n}",
-      "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size={n}")
+SP = (
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size={n}",
+    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size={n}",
+)
 
 
 def smoke(out: Path, workers: int, *overrides: str, steps: int = 2) -> dict[int, dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("NNODES", "GPUS_PER_NODE", "RAY_ADDRESS")}
     env["GPUS_PER_NODE"] = str(workers)
     proc = subprocess.run(
-        [sys.executable, "-m", "erc_verl.rehearsal.smoke", RECIPE, "--out", str(out), "--steps", str(steps),
-         "--cache", str(ROOT / "runs" / "smoke" / ".cache"), *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "erc_verl.rehearsal.smoke",
+            RECIPE,
+            "--out",
+            str(out),
+            "--steps",
+            str(steps),
+            "--cache",
+            str(ROOT / "runs" / "smoke" / ".cache"),
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     logs = sorted((out / "logs").glob("metrics-*.jsonl"))

@@ -6,14 +6,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, compute_policy_loss_vanilla
+from verl.utils.metric import Metric
+from verl.workers.config import ActorConfig
 
 import erc_verl
 from erc_verl import ERCPolicyLossConfig
 from erc_verl.losses import entropy_ratio, erc_keep_mask
 from erc_verl.metrics import METRIC_NAMES
-from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, compute_policy_loss_vanilla
-from verl.utils.metric import Metric
-from verl.workers.config import ActorConfig
 
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 OPEN_BAND = dict(entropy_ratio_low=1e-9, entropy_ratio_high=1e9)
@@ -122,7 +122,9 @@ def test_masked_tokens_are_ignored(seed, mode):
     pad = ~batch["response_mask"].bool()
     noisy = dict(batch)
     noise = torch.randn_like(batch["old_log_prob"]) * 5
-    noisy["log_prob"] = torch.where(pad, batch["log_prob"].detach() + noise, batch["log_prob"].detach()).requires_grad_()
+    noisy["log_prob"] = torch.where(
+        pad, batch["log_prob"].detach() + noise, batch["log_prob"].detach()
+    ).requires_grad_()
     noisy["old_entropy"] = torch.where(pad, noise.abs() * 100, batch["old_entropy"])
     noisy["advantages"] = torch.where(pad, noise, batch["advantages"])
     loss2, grad2, metrics2 = call(fn, noisy, config)
@@ -218,7 +220,10 @@ def test_erc_mode_with_plain_policy_loss_config_names_the_target():
 
     batch = make_batch(1)
     config = ActorConfig(
-        strategy="fsdp", rollout_n=1, ppo_mini_batch_size=1, ppo_micro_batch_size_per_gpu=1,
+        strategy="fsdp",
+        rollout_n=1,
+        ppo_mini_batch_size=1,
+        ppo_micro_batch_size_per_gpu=1,
         policy_loss=PolicyLossConfig(loss_mode="dapo_erc"),
     )
     with pytest.raises(ValueError, match="erc_verl.ERCPolicyLossConfig"):
@@ -314,7 +319,9 @@ def test_our_loss_modes_are_registered_and_take_the_entropy_keywords():
             assert "entropy" in params and "old_entropy" in params, mode
 
 
-@pytest.mark.parametrize("global_info", [{}, {"batch_num_tokens": 40, "dp_size": 2}, {"batch_num_tokens": torch.tensor(40)}])
+@pytest.mark.parametrize(
+    "global_info", [{}, {"batch_num_tokens": 40, "dp_size": 2}, {"batch_num_tokens": torch.tensor(40)}]
+)
 def test_erc_metrics_reduce_in_one_host_transfer(monkeypatch, global_info):
     """One device->host transfer per micro-batch: no .item(), one .tolist()."""
     from erc_verl.metrics import entropy_ratio_metrics
@@ -341,4 +348,6 @@ def test_erc_metrics_reduce_in_one_host_transfer(monkeypatch, global_info):
     assert value("actor/erc_keep_frac") == pytest.approx(2 * share)
     assert value("actor/erc_clip_frac_low") == pytest.approx(1 * share)
     assert value("actor/erc_clip_frac_high") == pytest.approx(2 * share)
-    assert value("actor/entropy_ratio_min") == pytest.approx(0.9) and value("actor/entropy_ratio_max") == pytest.approx(1.5)
+    assert value("actor/entropy_ratio_min") == pytest.approx(0.9) and value("actor/entropy_ratio_max") == pytest.approx(
+        1.5
+    )

@@ -54,7 +54,17 @@ def wheels():
         wheel = WHEEL_CACHE / f"verl-{version}-py3-none-any.whl"
         if not wheel.exists():
             proc = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"verl=={version}", "-d", str(WHEEL_CACHE)],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    f"verl=={version}",
+                    "-d",
+                    str(WHEEL_CACHE),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -135,8 +145,14 @@ def test_every_patch_in_a_folder_is_guarded_by_the_extension_api(version):
     # The hooks the patched actor paths call exist from the first patch on and answer "no" with
     # nothing registered, so the tree behaves as the release until a plugin registers an extension.
     text = patch_files(version)[0].read_text()
-    for name in ("register_policy_loss_extension", "policy_loss_wants_entropy", "policy_loss_entropy_fn",
-                 "policy_loss_extra_terms", "policy_loss_extensions_active", "policy_loss_entropy_kwargs"):
+    for name in (
+        "register_policy_loss_extension",
+        "policy_loss_wants_entropy",
+        "policy_loss_entropy_fn",
+        "policy_loss_extra_terms",
+        "policy_loss_extensions_active",
+        "policy_loss_entropy_kwargs",
+    ):
         assert f"+def {name}(" in text, name
 
 
@@ -237,9 +253,10 @@ def test_fork_with_changed_context_gets_a_clean_3way_merge(fork):
     assert "3-way merge" in out
     assert MARKER in (fork / CORE_ALGOS).read_text()
     assert "# fork" in (fork / "verl/trainer/ppo/ray_trainer.py").read_text()
-    assert 'old_log_prob.batch["entropy"] = old_log_prob.batch.pop("entropys")' in (
-        fork / "verl/trainer/ppo/ray_trainer.py"
-    ).read_text()
+    assert (
+        'old_log_prob.batch["entropy"] = old_log_prob.batch.pop("entropys")'
+        in (fork / "verl/trainer/ppo/ray_trainer.py").read_text()
+    )
     assert "already applied" in run_apply(fork, check=0).stdout
 
 
@@ -328,10 +345,12 @@ def test_legacy_fsdp_actor_of_071_runs_erc_from_the_patched_tree(tmp_path):
         m = cases[name]["metrics"]
         keep, low, high = (m[f"actor/erc_{k}"] for k in ("keep_frac", "clip_frac_low", "clip_frac_high"))
         assert len(keep) == 4, name  # one per micro-batch
-        for k, lo, hi in zip(keep, low, high):
+        for k, lo, hi in zip(keep, low, high, strict=False):
             assert k + lo + hi == pytest.approx(1.0), name
         assert keep[0] == 1.0 and min(keep[1:]) < 1.0, name  # on-policy first step, off-policy after
-        assert all(a <= b for a, b in zip(m["actor/entropy_ratio_min"], m["actor/entropy_ratio_max"])), name
+        assert all(a <= b for a, b in zip(m["actor/entropy_ratio_min"], m["actor/entropy_ratio_max"], strict=False)), (
+            name
+        )
     assert "actor/erc_keep_frac" not in vanilla["metrics"]
 
     # the gate's current entropy: erc_verl's function, without autograd; verl's own only for the bonus

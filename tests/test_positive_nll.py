@@ -12,8 +12,8 @@ import math
 
 import pytest
 import torch
-
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+
 from erc_verl.config import ERCPolicyLossConfig
 from erc_verl.losses import positive_nll_loss, positive_responses
 
@@ -238,9 +238,9 @@ def test_every_recipe_runs_the_authors_term_and_the_paper_text_is_one_override(n
     from pathlib import Path
 
     from omegaconf import OmegaConf
+    from verl.utils.config import omega_conf_to_dataclass
 
     from erc_verl.repro import check
-    from verl.utils.config import omega_conf_to_dataclass
 
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     cfg = check.compose_recipe(recipes, name, check.PLACEHOLDER_OVERRIDES)

@@ -27,7 +27,7 @@ def run_check(argv):
     return check.check_main(parser.parse_args(argv))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def composed(name):
     """The recipe with the check's placeholders (cached: composition is the slow part; read-only use)."""
     return check.compose_recipe(RECIPES, name, check.PLACEHOLDER_OVERRIDES)
@@ -57,8 +57,14 @@ def test_recipe_table_has_one_row_per_recipe_matching_its_composed_loss_and_band
     for name, cells in table.items():
         actor = composed(name).actor_rollout_ref.actor
         loss = actor.policy_loss
-        mode, clip_low, clip_high = re.fullmatch(r"`(\w+)`, clip ([\d.]+)/([\d.]+)", cells["loss mode, clip low/high"]).groups()
-        assert (mode, float(clip_low), float(clip_high)) == (loss.loss_mode, actor.clip_ratio_low, actor.clip_ratio_high), name
+        mode, clip_low, clip_high = re.fullmatch(
+            r"`(\w+)`, clip ([\d.]+)/([\d.]+)", cells["loss mode, clip low/high"]
+        ).groups()
+        assert (mode, float(clip_low), float(clip_high)) == (
+            loss.loss_mode,
+            actor.clip_ratio_low,
+            actor.clip_ratio_high,
+        ), name
         low, high = map(float, re.search(r"([\d.]+) / ([\d.]+)$", cells["ERC band"]).groups())
         assert (low, high) == (loss.entropy_ratio_low, loss.entropy_ratio_high), name
         is_erc = loss.loss_mode.endswith("erc")
@@ -73,7 +79,9 @@ def test_recipe_table_has_one_row_per_recipe_matching_its_composed_loss_and_band
 def test_required_verl_is_the_pin_the_package_declares():
     import tomllib
 
-    pin = [line for line in (RECIPES / "REQUIRED_VERL.txt").read_text().splitlines() if line and not line.startswith("#")]
+    pin = [
+        line for line in (RECIPES / "REQUIRED_VERL.txt").read_text().splitlines() if line and not line.startswith("#")
+    ]
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert pin == [d for d in deps if d.startswith("verl")]
 
@@ -105,7 +113,11 @@ def _differing(a, b):
 
 
 # Keys that carry the run's name (verl copies trainer.experiment_name into some of its nodes).
-RUN_NAME_KEYS = {"trainer.experiment_name", "trainer.default_local_dir", "actor_rollout_ref.rollout.trace.experiment_name"}
+RUN_NAME_KEYS = {
+    "trainer.experiment_name",
+    "trainer.default_local_dir",
+    "actor_rollout_ref.rollout.trace.experiment_name",
+}
 LOSS = "actor_rollout_ref.actor.policy_loss."
 
 
@@ -128,7 +140,9 @@ def test_model_sizes_differ_only_in_memory_knobs():
     diff = _differing("dapo_erc_qwen1.5b", "dapo_erc_qwen7b") - RUN_NAME_KEYS
     # The token budget (and the log-prob passes' budgets that follow it) and vLLM's memory share.
     assert {k.rsplit(".", 1)[1] for k in diff} <= {
-        "ppo_max_token_len_per_gpu", "log_prob_max_token_len_per_gpu", "gpu_memory_utilization"
+        "ppo_max_token_len_per_gpu",
+        "log_prob_max_token_len_per_gpu",
+        "gpu_memory_utilization",
     }, diff
 
 
@@ -206,7 +220,9 @@ def test_check_flags_an_erc_mode_without_the_erc_config_class(capsys):
 
     node = "actor_rollout_ref.actor.policy_loss"
     # Every field ERCPolicyLossConfig adds that the recipe sets, removed, so only the class differs.
-    erc_only = {f.name for f in dataclasses.fields(erc_verl.ERCPolicyLossConfig)} - {f.name for f in dataclasses.fields(PolicyLossConfig)}
+    erc_only = {f.name for f in dataclasses.fields(erc_verl.ERCPolicyLossConfig)} - {
+        f.name for f in dataclasses.fields(PolicyLossConfig)
+    }
     present = [k for k in composed("dapo_erc_qwen1.5b").actor_rollout_ref.actor.policy_loss if k in erc_only]
     overrides = [f"{node}._target_=verl.workers.config.PolicyLossConfig", *[f"~{node}.{k}" for k in present]]
     assert run_check(["dapo_erc_qwen1.5b", *[a for o in overrides for a in ("-o", o)]]) == 1

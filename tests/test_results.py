@@ -51,7 +51,9 @@ def table(argv, capsys):
 def rows_of(markdown):
     lines = [line for line in markdown.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return header, [dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True)) for line in lines[1:]]
+    return header, [
+        dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True)) for line in lines[1:]
+    ]
 
 
 def pct(x):
@@ -90,7 +92,9 @@ def test_resumed_run_files_merge_later_wins(tmp_path, monkeypatch, capsys):
     (run / "logs").mkdir(parents=True)
     first = write_run(run / "logs" / "metrics-20250101-000000.jsonl", seed=3, steps=20, monkeypatch=monkeypatch)
     # Resumed from step 20: re-validates step 20, then goes on to 30.
-    second = write_run(run / "logs" / "metrics-20250102-000000.jsonl", seed=4, steps=30, start=20, monkeypatch=monkeypatch)
+    second = write_run(
+        run / "logs" / "metrics-20250102-000000.jsonl", seed=4, steps=30, start=20, monkeypatch=monkeypatch
+    )
     loaded = results.load_run(run)
     assert loaded.name == "dapo_qwen1.5b"
     scores = loaded.val_scores()

@@ -90,7 +90,7 @@ def test_hard_timeout_bounds_a_pathological_input():
 
 def test_usable_from_threads_like_verl_reward_workers():
     # verl calls the reward from executor threads, where math_verify's signal timeout cannot work.
-    cases = [("</think>\\boxed{%d}" % i, str(i if i % 2 else i + 1)) for i in range(16)]
+    cases = [(f"</think>\\boxed{{{i}}}", str(i if i % 2 else i + 1)) for i in range(16)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda c: score(*c), cases))
     assert [r["acc"] for r in results] == [1.0 if i % 2 else 0.0 for i in range(16)]

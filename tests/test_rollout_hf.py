@@ -80,7 +80,9 @@ def _server(model_dir, **cfg):
 
 def _generate_many(server, prompts, params):
     async def go():
-        return await asyncio.gather(*[server.generate(p, dict(params), request_id=str(i)) for i, p in enumerate(prompts)])
+        return await asyncio.gather(
+            *[server.generate(p, dict(params), request_id=str(i)) for i, p in enumerate(prompts)]
+        )
 
     return asyncio.run(go())
 
@@ -106,7 +108,7 @@ def test_server_generates_batched_with_eos_lengths_and_logprobs(tiny_model):
     # greedy in a padded batch equals greedy alone (left padding + positions are right)
     alone = [_generate_many(server, [p], {"temperature": 0, "logprobs": True})[0] for p in prompts]
     batched = _generate_many(server, prompts, {"temperature": 0, "logprobs": True})
-    for a, b in zip(alone, batched):
+    for a, b in zip(alone, batched, strict=False):
         assert a.token_ids == b.token_ids
         assert torch.allclose(torch.tensor(a.log_probs), torch.tensor(b.log_probs), atol=1e-4)
 
@@ -121,11 +123,11 @@ class _LocalHandle:
 
 
 def test_rollout_weights_equal_actor_after_update(tiny_model):
-    from omegaconf import OmegaConf
-
     from harness import training_worker as engine
-    from erc_verl.cpu.rollout import HFServerAdapter
+    from omegaconf import OmegaConf
     from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from erc_verl.cpu.rollout import HFServerAdapter
 
     worker = engine.build_actor_worker(tiny_model, lr=0.05, ppo_mini_batch_size=4, micro_batch_size=4)
     before = engine.get_params(worker)
@@ -137,8 +139,14 @@ def test_rollout_weights_equal_actor_after_update(tiny_model):
 
     server = _server(tiny_model)
     rollout_cfg = OmegaConf.create(
-        {"name": "hf", "tensor_model_parallel_size": 1, "data_parallel_size": 1, "pipeline_model_parallel_size": 1,
-         "prompt_length": 32, "response_length": 8}
+        {
+            "name": "hf",
+            "tensor_model_parallel_size": 1,
+            "data_parallel_size": 1,
+            "pipeline_model_parallel_size": 1,
+            "prompt_length": 32,
+            "response_length": 8,
+        }
     )
     adapter = HFServerAdapter.__new__(HFServerAdapter)  # skip BaseRollout's dataclass conversion
     adapter.config = types.SimpleNamespace(**rollout_cfg)

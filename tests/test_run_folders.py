@@ -27,8 +27,14 @@ def _tree(path: Path) -> list[str]:
 
 
 def _smoke(args, cwd, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "erc_verl.rehearsal.smoke", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "erc_verl.rehearsal.smoke", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_dry_run_writes_nothing_and_never_joins_a_stray_cluster(tmp_path):
@@ -56,8 +62,7 @@ def test_plan_env_and_ray_init_kwargs_ignore_ray_address(tmp_path, monkeypatch):
     assert "++ray_kwargs.ray_init._temp_dir=/tmp/erc-ray-x" in plan.cmd
     assert _tree(tmp_path) == []
     # attached to the smoke's own multi-node cluster: num_cpus must be null (ray.init refuses it)
-    plan = smoke.build_smoke(RECIPE, tmp_path, prepare=False, ray_address="127.0.0.1:1234",
-                             layout=Layout(2, 1, 1, 4))
+    plan = smoke.build_smoke(RECIPE, tmp_path, prepare=False, ray_address="127.0.0.1:1234", layout=Layout(2, 1, 1, 4))
     assert "++ray_kwargs.ray_init.address=127.0.0.1:1234" in plan.cmd
     assert "ray_kwargs.ray_init.num_cpus=null" in plan.cmd
     assert "trainer.nnodes=2" in plan.cmd and "trainer.n_gpus_per_node=1" in plan.cmd
@@ -66,12 +71,19 @@ def test_plan_env_and_ray_init_kwargs_ignore_ray_address(tmp_path, monkeypatch):
 def test_out_is_documented_and_accepted_before_or_after_the_recipe(tmp_path):
     help_text = _smoke(["--help"], tmp_path).stdout
     assert "--out DIR" in help_text and "--resume DIR" in help_text
-    for args in (["--dry-run", "--out", str(tmp_path / "a"), RECIPE], ["--dry-run", RECIPE, "--out", str(tmp_path / "a")]):
+    for args in (
+        ["--dry-run", "--out", str(tmp_path / "a"), RECIPE],
+        ["--dry-run", RECIPE, "--out", str(tmp_path / "a")],
+    ):
         out = _smoke(args, tmp_path)
         assert out.returncode == 0, out.stderr
         assert f"# run folder: {tmp_path / 'a'} " in out.stdout
-    launch = subprocess.run(["bash", str(ROOT / "scripts" / "launch.sh"), "--smoke", "--dry-run", "--out",
-                             str(tmp_path / "b"), RECIPE], capture_output=True, text=True, timeout=600)
+    launch = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "launch.sh"), "--smoke", "--dry-run", "--out", str(tmp_path / "b"), RECIPE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert launch.returncode == 0, launch.stderr
     assert f"# run folder: {tmp_path / 'b'} " in launch.stdout
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -104,7 +116,8 @@ def test_a_run_that_fails_before_its_first_step_is_marked_and_keeps_everything_e
     (old / "logs").mkdir(parents=True)
     (old / MARKER).write_text(json.dumps({"recipe": RECIPE, "status": "done", "trained_steps": [1]}))
     (old / "logs" / "metrics-20200101-000000.jsonl").write_text(
-        json.dumps({"step": 1, "data": {"val-core/arith/acc/mean@2": 0.5, "timing_s/update_actor": 1.0}}) + "\n")
+        json.dumps({"step": 1, "data": {"val-core/arith/acc/mean@2": 0.5, "timing_s/update_actor": 1.0}}) + "\n"
+    )
     (recipe_dir / "notes.txt").write_text("my notes\n")
     point_latest(old)
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
@@ -137,10 +150,13 @@ def test_table_and_plot_follow_latest_and_count_each_run_once(tmp_path, capsys):
         (run / "logs").mkdir(parents=True)
         (run / MARKER).write_text(json.dumps({"recipe": RECIPE, "status": "done", "trained_steps": [1]}))
         (run / "logs" / f"metrics-{stamp}.jsonl").write_text(
-            json.dumps({"step": 1, "data": {"val-core/arith/acc/mean@2": acc, "actor/entropy": 1.0}}) + "\n")
+            json.dumps({"step": 1, "data": {"val-core/arith/acc/mean@2": acc, "actor/entropy": 1.0}}) + "\n"
+        )
         point_latest(run)
     assert sorted(r.name for r in results.load_runs(recipe_dir)) == [
-        f"{RECIPE}/20260101-000000", f"{RECIPE}/20260102-000000"]
+        f"{RECIPE}/20260101-000000",
+        f"{RECIPE}/20260102-000000",
+    ]
     (latest,) = results.load_runs(recipe_dir / "latest")
     assert latest.name == f"{RECIPE}/20260102-000000" and latest.smoke
     # plot: a default output in the run folder, never over an existing file
@@ -192,8 +208,10 @@ def test_the_multi_node_cluster_uses_ray_start_with_a_private_temp_dir(monkeypat
 
 def test_layout_summary_groups_ranks_by_the_ray_node_they_reported(tmp_path):
     probe = tmp_path / "probe.ndjson"
-    rows = [{"rank": r, "world_size": 2, "node_id": n, "hostname": "h", "pid": 1, "micro_batches": 2}
-            for r, n in ((0, "aa"), (1, "bb"), (0, "aa"), (1, "bb"))]
+    rows = [
+        {"rank": r, "world_size": 2, "node_id": n, "hostname": "h", "pid": 1, "micro_batches": 2}
+        for r, n in ((0, "aa"), (1, "bb"), (0, "aa"), (1, "bb"))
+    ]
     probe.write_text("".join(json.dumps(r) + "\n" for r in rows))
     seen = layout_probe.summarize(probe)
     assert [(n["node_id"], n["ranks"]) for n in seen["nodes"]] == [("aa", [0]), ("bb", [1])]

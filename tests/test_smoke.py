@@ -45,11 +45,20 @@ def test_launch_help_is_a_usage_text():
 
 
 def test_launch_defaults_to_the_project_venv(tmp_path):
-    env = {**os.environ, "MODEL_PATH": "/m", "TRAIN_FILES": "/t.parquet", "VAL_FILES": "/v.parquet",
-           "CKPT_DIR": str(tmp_path), "NNODES": "1", "GPUS_PER_NODE": "8", "WANDB_MODE": "offline"}
+    env = {
+        **os.environ,
+        "MODEL_PATH": "/m",
+        "TRAIN_FILES": "/t.parquet",
+        "VAL_FILES": "/v.parquet",
+        "CKPT_DIR": str(tmp_path),
+        "NNODES": "1",
+        "GPUS_PER_NODE": "8",
+        "WANDB_MODE": "offline",
+    }
     env.pop("PYTHON", None)
-    out = subprocess.run(["bash", str(LAUNCH), "--dry-run", "dapo_erc_qwen1.5b"], capture_output=True, text=True,
-                         env=env, timeout=60)
+    out = subprocess.run(
+        ["bash", str(LAUNCH), "--dry-run", "dapo_erc_qwen1.5b"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     venv_python = ROOT / ".venv" / "bin" / "python"
     if venv_python.exists():
@@ -59,16 +68,34 @@ def test_launch_defaults_to_the_project_venv(tmp_path):
 
 def test_smoke_overrides_keep_the_recipe():
     """The smoke run changes sizes, backends and places, never the method under test."""
-    keys = [o.split("=", 1)[0].lstrip("+") for o, _ in smoke_overrides(Path("/m"), {"train": "/t", "test": "/v"},
-                                                                        Path("/r"), Path("/r/l.jsonl"))]
-    for forbidden in ("policy_loss", "clip_ratio", "loss_agg_mode", "filter_groups.enable", "filter_groups.metric",
-                      "adv_estimator", "custom_reward_function", "use_v1", "entropy_coeff", "temperature"):
+    keys = [
+        o.split("=", 1)[0].lstrip("+")
+        for o, _ in smoke_overrides(Path("/m"), {"train": "/t", "test": "/v"}, Path("/r"), Path("/r/l.jsonl"))
+    ]
+    for forbidden in (
+        "policy_loss",
+        "clip_ratio",
+        "loss_agg_mode",
+        "filter_groups.enable",
+        "filter_groups.metric",
+        "adv_estimator",
+        "custom_reward_function",
+        "use_v1",
+        "entropy_coeff",
+        "temperature",
+    ):
         assert not [k for k in keys if forbidden in k], forbidden
 
 
 def _smoke(args, env=None, timeout=1500):
-    return subprocess.run([sys.executable, "-m", "erc_verl.rehearsal.smoke", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "erc_verl.rehearsal.smoke", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _file_logs(run_dir):
@@ -124,15 +151,17 @@ def test_smoke_run_stopped_after_its_checkpoint_resumes_at_step_3(out_dir):
     assert f"scripts/erc-verl table {run_dir}" in second.stdout
     assert f"scripts/erc-verl plot {run_dir}" in second.stdout
 
-    table = subprocess.run([sys.executable, "-m", "erc_verl.cli", "table", str(run_dir)],
-                           capture_output=True, text=True, timeout=300)
+    table = subprocess.run(
+        [sys.executable, "-m", "erc_verl.cli", "table", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
     assert table.returncode == 0, table.stderr
     rows = [line for line in table.stdout.splitlines() if line.startswith(f"| {recipe}")]
     assert rows, table.stdout
     # A tiny CPU model: never set beside the paper's published averages.
     assert all("n/a (smoke run)" in row and "tiny CPU smoke model" in row for row in rows), rows
-    plot = subprocess.run([sys.executable, "-m", "erc_verl.cli", "plot", str(run_dir)],
-                          capture_output=True, text=True, timeout=300)
+    plot = subprocess.run(
+        [sys.executable, "-m", "erc_verl.cli", "plot", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
     assert plot.returncode == 0 and (run_dir / "plot.png").stat().st_size > 0, plot.stderr
 
 
@@ -144,8 +173,10 @@ def test_smoke_run_on_two_ray_nodes_places_one_rank_on_each(out_dir):
     env = {**os.environ, "NNODES": "2", "GPUS_PER_NODE": "1"}
     # Data parallel 2: Ulysses 1 by the user's override (the smoke keeps what the recipe and the
     # overrides ask for when it divides the world size).
-    sp1 = ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
-           "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=1"]
+    sp1 = [
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
+        "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=1",
+    ]
     out = _smoke(["--out", str(run_dir), "--cache", str(out_dir / "cache"), recipe, "--steps", "2", *sp1], env=env)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     assert "# layout: 2 node(s) x 1 CPU worker(s) = world size 2" in out.stdout

@@ -27,10 +27,18 @@ VARIANTS = {"vanilla", "dapo_erc", "random_drop", "gppo", "gppo_erc"}
 def _record(variant, keep, control_keep=None, audit=None, seed=0):
     steps = len(keep)
     series = {
-        "reward": [0.5] * steps, "valid": [1.0] * steps, "perfect": [0.0] * steps, "entropy": [1.0] * steps,
-        "keep": keep, "keep_mb": [[k] for k in keep], "control_keep": control_keep or [],
-        "control_keep_mb": [[k] for k in control_keep or []], "ppo_kl": [0.0] * steps, "clipfrac": [0.0] * steps,
-        "clipfrac_lower": [0.0] * steps, "grad_norm": [[1.0]] * steps,
+        "reward": [0.5] * steps,
+        "valid": [1.0] * steps,
+        "perfect": [0.0] * steps,
+        "entropy": [1.0] * steps,
+        "keep": keep,
+        "keep_mb": [[k] for k in keep],
+        "control_keep": control_keep or [],
+        "control_keep_mb": [[k] for k in control_keep or []],
+        "ppo_kl": [0.0] * steps,
+        "clipfrac": [0.0] * steps,
+        "clipfrac_lower": [0.0] * steps,
+        "grad_norm": [[1.0]] * steps,
     }
     rec = {"setting": "base", "seed": seed, "variant": variant, "steps": steps, "series": series}
     if audit is not None:
@@ -39,13 +47,24 @@ def _record(variant, keep, control_keep=None, audit=None, seed=0):
 
 
 def _audit(with_grad):
-    return {"calls": 4, "checked": 4, "unchecked": 0, "out_of_band": 10, "out_of_band_with_grad": with_grad,
-            "in_band": 20, "in_band_with_grad": 20, "max_abs_grad_out_of_band": 0.0}
+    return {
+        "calls": 4,
+        "checked": 4,
+        "unchecked": 0,
+        "out_of_band": 10,
+        "out_of_band_with_grad": with_grad,
+        "in_band": 20,
+        "in_band_with_grad": 20,
+        "max_abs_grad_out_of_band": 0.0,
+    }
 
 
 def test_invariants_catch_a_mismatched_control_and_a_leaking_gate():
     keep = [1.0, 0.8, 0.6]
-    good = [_record("dapo_erc", keep, audit=_audit(0)), _record("random_drop", [0.5] * 3, control_keep=[1.0, 0.81, 0.6])]
+    good = [
+        _record("dapo_erc", keep, audit=_audit(0)),
+        _record("random_drop", [0.5] * 3, control_keep=[1.0, 0.81, 0.6]),
+    ]
     inv = report.invariants(good)
     assert inv["control_keep_ok"] and inv["gate_ok"]
 
@@ -72,7 +91,9 @@ def test_quick_study_runs_and_its_invariants_hold(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(out), "--cache-dir", str(cache)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "invariants: control_keep_ok=True gate_ok=True"

@@ -163,7 +163,9 @@ def test_failing_wrapper_names_erc_verl_and_verl_release():
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHONPATH": ROOT, **env}
     full.pop("VERL_PLATFORM", None)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full, timeout=300
+    )
 
 
 def test_distillation_bound_before_the_plugin_gets_the_wrapped_ppo_loss():
@@ -229,5 +231,7 @@ def test_keep_frac_floor_on_the_trainers_logger(caplog):
             assert data == {keep_frac.KEY: value, "actor/pg_loss": 1.0}
     warnings = [r.getMessage() for r in caplog.records if r.name == "erc_verl"]
     assert len(warnings) == 1 and "0.500, 0.550" in warnings[0]
-    plain = Tracking(project_name="p", experiment_name="e", default_backend=[], config=OmegaConf.to_container(whole(PLAIN)))
+    plain = Tracking(
+        project_name="p", experiment_name="e", default_backend=[], config=OmegaConf.to_container(whole(PLAIN))
+    )
     assert plain._erc_verl_keep_frac is None

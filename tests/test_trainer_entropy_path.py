@@ -37,14 +37,13 @@ where verl's ``ppo_loss`` looks it up.
 import copy
 
 import pytest
+import ray  # noqa: E402  (a verl dependency)
 import torch
-
+import transfer_queue as tq  # noqa: E402  (the `test` extra; verl's V1 trainer needs it: no skip, fail loudly)
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+
 from erc_verl.losses import fed_entropies
 from erc_verl.metrics import METRIC_NAMES
-
-import ray  # noqa: E402  (a verl dependency)
-import transfer_queue as tq  # noqa: E402  (the `test` extra; verl's V1 trainer needs it: no skip, fail loudly)
 
 ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
 N_PROMPTS, ROLLOUT_N = 4, 2
@@ -99,8 +98,9 @@ def config(model_dir):
 @pytest.fixture(scope="module")
 def actor_worker(config):
     """verl's ActorRolloutRefWorker, role "actor": real __init__ and init_model, no rollout."""
-    from erc_verl.cpu.platform import register_cpu_platform
     from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from erc_verl.cpu.platform import register_cpu_platform
 
     assert register_cpu_platform()
     engine_cpu.init_single_process_group()
@@ -268,9 +268,7 @@ def _assert_old_not_current(calls):
     proves the rows are aligned with their samples); after an optimizer step they differ."""
     per_mini = (PPO_MINI_BATCH_PROMPTS * ROLLOUT_N) // MICRO_BATCH
     assert len(calls) == BSZ // MICRO_BATCH
-    diffs = [
-        (c["entropy"] - c["old_entropy"]).abs().masked_fill(~c["response_mask"], 0).max().item() for c in calls
-    ]
+    diffs = [(c["entropy"] - c["old_entropy"]).abs().masked_fill(~c["response_mask"], 0).max().item() for c in calls]
     assert max(diffs[:per_mini]) < 1e-4, diffs
     assert min(diffs[per_mini:]) > 1e-3, diffs
 
@@ -333,7 +331,6 @@ def test_v1_trainer_feeds_old_entropy_from_transfer_queue(config, worker_group, 
 def test_v1_bypass_mode_stops_the_update_loudly(config, worker_group, transfer_queue, loss_spy):
     """bypass_mode skips the old-log-prob pass, so no old entropy exists: the update must refuse."""
     from omegaconf import open_dict
-
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     cfg = copy.deepcopy(config)
@@ -361,7 +358,6 @@ def test_v1_bypass_mode_stops_the_update_loudly(config, worker_group, transfer_q
 
 def test_v0_trainer_feeds_old_entropy(config, worker_group, loss_spy):
     import numpy as np
-
     from verl import DataProto
     from verl.trainer.ppo.core_algos import agg_loss
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer

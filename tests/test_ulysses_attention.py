@@ -19,8 +19,11 @@ from erc_verl.integration.ulysses_check import UlyssesAttentionError, ulysses_at
 
 def arr(attn=None, sp=4, loss_mode="dapo_erc"):
     model = {"override_config": {} if attn is None else {"attn_implementation": attn}}
-    actor = {"ulysses_sequence_parallel_size": sp, "fsdp_config": {"ulysses_sequence_parallel_size": sp},
-             "policy_loss": {"loss_mode": loss_mode}}
+    actor = {
+        "ulysses_sequence_parallel_size": sp,
+        "fsdp_config": {"ulysses_sequence_parallel_size": sp},
+        "policy_loss": {"loss_mode": loss_mode},
+    }
     return OmegaConf.create({"model": model, "actor": actor, "ref": {"fsdp_config": {}}})
 
 
@@ -31,12 +34,15 @@ def test_uncovered_attention_with_ulysses_is_refused_on_gpu(attn):
     assert "override_config.attn_implementation=flash_attention_2" in line and "\n" not in line
 
 
-@pytest.mark.parametrize("attn, sp, platform", [
-    (None, 4, "cuda"),  # verl's default, flash_attention_2
-    ("flash_attention_2", 4, "cuda"),
-    ("sdpa", 1, "cuda"),
-    ("sdpa", 4, "cpu"),  # erc_verl's Ulysses-aware sdpa
-])
+@pytest.mark.parametrize(
+    "attn, sp, platform",
+    [
+        (None, 4, "cuda"),  # verl's default, flash_attention_2
+        ("flash_attention_2", 4, "cuda"),
+        ("sdpa", 1, "cuda"),
+        ("sdpa", 4, "cpu"),  # erc_verl's Ulysses-aware sdpa
+    ],
+)
 def test_covered_layouts_pass(attn, sp, platform):
     assert ulysses_attention_problem(arr(attn, sp), platform=platform) is None
 
@@ -47,7 +53,9 @@ def test_eager_is_refused_on_cpu_too():
 
 def test_check_refuses_sdpa_with_ulysses_off_the_cpu_platform(capsys, monkeypatch):
     monkeypatch.delenv("VERL_PLATFORM", raising=False)
-    rc = cli.main(["check", "dapo_erc_qwen7b", "-o", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"])
+    rc = cli.main(
+        ["check", "dapo_erc_qwen7b", "-o", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"]
+    )
     out = capsys.readouterr().out
     fails = [line for line in out.splitlines() if line.startswith("FAIL")]
     assert rc == 1 and len(fails) == 1, out
@@ -78,12 +86,15 @@ def test_actor_worker_refuses_before_building_the_model(monkeypatch):
 
 def test_block_causal_mask_separates_packed_sequences():
     mask = block_causal_mask(torch.tensor([[0, 1, 2, 0, 1, 0]]))
-    expected = torch.tensor([
-        [1, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],
-        [0, 0, 0, 1, 0, 0],
-        [0, 0, 0, 1, 1, 0],
-        [0, 0, 0, 0, 0, 1],
-    ], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [0, 0, 0, 1, 0, 0],
+            [0, 0, 0, 1, 1, 0],
+            [0, 0, 0, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(mask, expected)

@@ -45,8 +45,16 @@ class Schedule:
 SCHEDULE = Schedule()
 
 
-def random_drop_loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None,
-                     rollout_is_weights=None, **kwargs):
+def random_drop_loss(
+    old_log_prob,
+    log_prob,
+    advantages,
+    response_mask,
+    loss_agg_mode="token-mean",
+    config=None,
+    rollout_is_weights=None,
+    **kwargs,
+):
     from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 
     from erc_verl.losses import erc_gate

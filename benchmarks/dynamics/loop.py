@@ -47,8 +47,16 @@ def _audit(mode: str, path: str) -> None:
     core_algos.POLICY_LOSS_REGISTRY[mode] = spy
 
 
-def run(variant: str, setting: dict, seed: int, model_dir: str, steps: int, erc_keep: list[list[float]] | None = None,
-        grammar: task.Grammar | None = None, log=print) -> dict:
+def run(
+    variant: str,
+    setting: dict,
+    seed: int,
+    model_dir: str,
+    steps: int,
+    erc_keep: list[list[float]] | None = None,
+    grammar: task.Grammar | None = None,
+    log=print,
+) -> dict:
     """Train one variant for `steps` steps; returns per-step series and the gate audit."""
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
@@ -68,8 +76,15 @@ def run(variant: str, setting: dict, seed: int, model_dir: str, steps: int, erc_
     }
     torch.manual_seed(seed)
     worker = tw.build_actor_worker(
-        model_dir, policy_loss=policy_loss, lr=setting["lr"], clip_ratio_low=CLIP_LOW, clip_ratio_high=CLIP_HIGH,
-        clip_ratio_c=CLIP_C, micro_batch_size=mbs, infer_micro_batch_size=seqs, ppo_mini_batch_size=mbs,
+        model_dir,
+        policy_loss=policy_loss,
+        lr=setting["lr"],
+        clip_ratio_low=CLIP_LOW,
+        clip_ratio_high=CLIP_HIGH,
+        clip_ratio_c=CLIP_C,
+        micro_batch_size=mbs,
+        infer_micro_batch_size=seqs,
+        ppo_mini_batch_size=mbs,
         temperature=TEMPERATURE,
     )
     control.register()
@@ -81,15 +96,31 @@ def run(variant: str, setting: dict, seed: int, model_dir: str, steps: int, erc_
     if variant == control.LOSS_MODE and not erc_keep:
         raise ValueError("random_drop needs the ERC run's per-step keep fractions (run dapo_erc first)")
 
-    series = {k: [] for k in ("reward", "valid", "entropy", "keep", "keep_mb", "control_keep", "control_keep_mb",
-                              "ppo_kl", "clipfrac", "clipfrac_lower", "grad_norm", "perfect")}
+    series = {
+        k: []
+        for k in (
+            "reward",
+            "valid",
+            "entropy",
+            "keep",
+            "keep_mb",
+            "control_keep",
+            "control_keep_mb",
+            "ppo_kl",
+            "clipfrac",
+            "clipfrac_lower",
+            "grad_norm",
+            "perfect",
+        )
+    }
     for step in range(steps):
         gen = torch.Generator().manual_seed(1_000_003 * seed + step)
         prompts = grammar.sample_chains(PROMPTS, task.PROMPT_LEN, gen).tolist()
-        responses = tw.generate(worker, prompts, n=GROUP, max_new_tokens=task.RESPONSE_LEN, temperature=TEMPERATURE,
-                                seed=7919 * seed + step)
+        responses = tw.generate(
+            worker, prompts, n=GROUP, max_new_tokens=task.RESPONSE_LEN, temperature=TEMPERATURE, seed=7919 * seed + step
+        )
         rows = [prompts[i // GROUP] for i in range(seqs)]
-        scores = [grammar.score(p, r) for p, r in zip(rows, responses)]
+        scores = [grammar.score(p, r) for p, r in zip(rows, responses, strict=False)]
         batch = tw.make_batch(rows, responses, max_response_len=task.RESPONSE_LEN)
         mask = batch["response_mask"].float()
         old_log_prob, entropy = tw.compute_old_log_prob(worker, batch)
@@ -101,10 +132,11 @@ def run(variant: str, setting: dict, seed: int, model_dir: str, steps: int, erc_
         if variant == control.LOSS_MODE:
             control.SCHEDULE.start_step(erc_keep[step], seed=31 * seed + step)
         extra = {"rm_scores": rewards} if setting["nll"] else None
-        m = tw.update_actor(worker, batch, old_log_prob, entropy, advantages, ppo_mini_batch_size=mbs, extra=extra,
-                            raw=True)
+        m = tw.update_actor(
+            worker, batch, old_log_prob, entropy, advantages, ppo_mini_batch_size=mbs, extra=extra, raw=True
+        )
 
-        def mb(key):
+        def mb(key, m=m):
             return [float(v) for v in m.get(key, [])]
 
         series["reward"].append(float(np.mean([s[0] for s in scores])))
@@ -120,15 +152,27 @@ def run(variant: str, setting: dict, seed: int, model_dir: str, steps: int, erc_
         series["clipfrac"].append(float(np.mean(mb("actor/pg_clipfrac"))))
         series["clipfrac_lower"].append(float(np.mean(mb("actor/pg_clipfrac_lower"))))
         series["grad_norm"].append(mb("grad_norm"))
-        log(f"  {variant} seed {seed} step {step}: reward {series['reward'][-1]:.3f} entropy "
-            f"{series['entropy'][-1]:.3f} keep {series['keep'][-1]:.3f} kl {series['ppo_kl'][-1]:.4f}")
+        log(
+            f"  {variant} seed {seed} step {step}: reward {series['reward'][-1]:.3f} entropy "
+            f"{series['entropy'][-1]:.3f} keep {series['keep'][-1]:.3f} kl {series['ppo_kl'][-1]:.4f}"
+        )
 
     out = {"variant": variant, "seed": seed, "steps": steps, "series": series}
     if audit_path:
         totals = gate_audit.read_audit(audit_path).get(variant, {})
-        out["audit"] = {k: totals.get(k) for k in ("calls", "checked", "unchecked", "out_of_band",
-                                                    "out_of_band_with_grad", "in_band", "in_band_with_grad",
-                                                    "max_abs_grad_out_of_band")}
+        out["audit"] = {
+            k: totals.get(k)
+            for k in (
+                "calls",
+                "checked",
+                "unchecked",
+                "out_of_band",
+                "out_of_band_with_grad",
+                "in_band",
+                "in_band_with_grad",
+                "max_abs_grad_out_of_band",
+            )
+        }
         os.unlink(audit_path)
     del worker
     return out

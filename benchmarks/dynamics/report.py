@@ -54,21 +54,30 @@ def invariants(records: list[dict]) -> dict:
         if erc is None:
             continue
         ctl, ref = np.array(r["series"]["control_keep"]), np.array(erc["series"]["keep"])
-        keep_pairs.append({
-            "setting": setting, "seed": seed,
-            "max_step_diff": float(np.max(np.abs(ctl - ref))),
-            "run_diff": float(abs(ctl.mean() - ref.mean())),
-        })
-    audits = [dict(r["audit"], setting=r["setting"], seed=r["seed"], variant=r["variant"])
-              for r in records if r.get("audit")]
+        keep_pairs.append(
+            {
+                "setting": setting,
+                "seed": seed,
+                "max_step_diff": float(np.max(np.abs(ctl - ref))),
+                "run_diff": float(abs(ctl.mean() - ref.mean())),
+            }
+        )
+    audits = [
+        dict(r["audit"], setting=r["setting"], seed=r["seed"], variant=r["variant"]) for r in records if r.get("audit")
+    ]
     keep_ok = bool(keep_pairs) and all(
-        p["max_step_diff"] <= KEEP_TOLERANCE_STEP and p["run_diff"] <= KEEP_TOLERANCE_RUN for p in keep_pairs)
+        p["max_step_diff"] <= KEEP_TOLERANCE_STEP and p["run_diff"] <= KEEP_TOLERANCE_RUN for p in keep_pairs
+    )
     gate_ok = bool(audits) and all(
-        a["checked"] == a["calls"] and a["checked"] > 0 and a["out_of_band_with_grad"] == 0 for a in audits)
+        a["checked"] == a["calls"] and a["checked"] > 0 and a["out_of_band_with_grad"] == 0 for a in audits
+    )
     return {
-        "control_keep": keep_pairs, "control_keep_ok": keep_ok,
-        "tolerance_step": KEEP_TOLERANCE_STEP, "tolerance_run": KEEP_TOLERANCE_RUN,
-        "gate_audit": audits, "gate_ok": gate_ok,
+        "control_keep": keep_pairs,
+        "control_keep_ok": keep_ok,
+        "tolerance_step": KEEP_TOLERANCE_STEP,
+        "tolerance_run": KEEP_TOLERANCE_RUN,
+        "gate_audit": audits,
+        "gate_ok": gate_ok,
         "out_of_band_tokens": sum(a["out_of_band"] for a in audits),
         "out_of_band_with_grad": sum(a["out_of_band_with_grad"] for a in audits),
     }
@@ -91,8 +100,10 @@ def setting_table(records: list[dict], variants: list[str]) -> str:
         if not rows:
             continue
         stats = [run_stats(r) for r in rows]
-        for r, st in zip(rows, stats):
-            lines.append(f"| {variant} | {r['seed']} | " + " | ".join(fmt.format(st[k]) for k, _, fmt in COLUMNS) + " |")
+        for r, st in zip(rows, stats, strict=False):
+            lines.append(
+                f"| {variant} | {r['seed']} | " + " | ".join(fmt.format(st[k]) for k, _, fmt in COLUMNS) + " |"
+            )
         cells = []
         for k, _, fmt in COLUMNS:
             m, s = _mean_std([st[k] for st in stats])
@@ -101,8 +112,13 @@ def setting_table(records: list[dict], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
-COLOURS = {"vanilla": "#1f77b4", "dapo_erc": "#d62728", "random_drop": "#7f7f7f", "gppo": "#2ca02c",
-           "gppo_erc": "#9467bd"}
+COLOURS = {
+    "vanilla": "#1f77b4",
+    "dapo_erc": "#d62728",
+    "random_drop": "#7f7f7f",
+    "gppo": "#2ca02c",
+    "gppo_erc": "#9467bd",
+}
 
 
 def setting_figure(records: list[dict], variants: list[str], title: str, path: str) -> None:
@@ -118,7 +134,7 @@ def setting_figure(records: list[dict], variants: list[str], title: str, path: s
         ("keep", "in-band token fraction (ERC: kept; dashed: control's random keep)", lambda s: s["keep"]),
     )
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=72, sharex=True)
-    for ax, (key, label, get) in zip(axes.flat, panels):
+    for ax, (key, label, get) in zip(axes.flat, panels, strict=False):
         for variant in variants:
             rows = [r for r in records if r["variant"] == variant]
             if not rows:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import types
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 import torch
@@ -137,7 +137,7 @@ def _platform_class():
         def set_device(self, device_index) -> None:
             return None
 
-        def synchronize(self, device_index: Optional[int] = None) -> None:
+        def synchronize(self, device_index: int | None = None) -> None:
             return None
 
         def manual_seed(self, seed: int) -> None:
@@ -279,7 +279,7 @@ def _install_ulysses_sdpa(module) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def _cpu_backend(backend: Optional[str]) -> Optional[str]:
+def _cpu_backend(backend: str | None) -> str | None:
     """verl builds "cpu:gloo,{device}:{backend}"; on the CPU platform that is "cpu:gloo,cpu:gloo",
     which torch rejects (a device type listed twice). The CPU platform wants plain "gloo"."""
     if backend is None:

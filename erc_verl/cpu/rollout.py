@@ -33,11 +33,11 @@ import asyncio
 import hashlib
 import logging
 import os
-from typing import Any, Generator, Optional
+from collections.abc import Generator
+from typing import Any
 
 import ray
 import torch
-
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 
@@ -198,7 +198,7 @@ def generate_batch(
 class HFRolloutServer:
     """Token-in/token-out generation server (a Ray actor) holding one HF model on CPU."""
 
-    def __init__(self, config, model_config, replica_rank: int = 0, seed: Optional[int] = None):
+    def __init__(self, config, model_config, replica_rank: int = 0, seed: int | None = None):
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         self.config = config
@@ -230,17 +230,15 @@ class HFRolloutServer:
         self.pad_id = int(pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0))
         self.prompt_length = int(_get(config, "prompt_length", 512) or 512)
         self.response_length = int(_get(config, "response_length", 512) or 512)
-        self.max_model_len = int(
-            _get(config, "max_model_len", None) or (self.prompt_length + self.response_length)
-        )
+        self.max_model_len = int(_get(config, "max_model_len", None) or (self.prompt_length + self.response_length))
         seed = int(_get(config, "seed", 0) or 0) if seed is None else int(seed)
         self.seed = seed
         # Requests without a sample index draw from the replica's own stream (request_generator).
         self.generator = torch.Generator().manual_seed(seed + 1000 * int(replica_rank))
-        self.global_steps: Optional[int] = None
+        self.global_steps: int | None = None
         self.weight_version = 0
         self._queue: list[tuple[list[int], dict, int, asyncio.Future, torch.Generator]] = []
-        self._batcher: Optional[asyncio.Task] = None
+        self._batcher: asyncio.Task | None = None
         self._lock = None
 
     def ready(self) -> bool:
@@ -269,7 +267,7 @@ class HFRolloutServer:
         request_id: str = "",
         image_data=None,
         video_data=None,
-        erc_sample: Optional[int] = None,
+        erc_sample: int | None = None,
         **kwargs,
     ) -> TokenOutput:
         if image_data is not None or video_data is not None:
@@ -327,7 +325,7 @@ class HFRolloutServer:
 
     # --- weights -------------------------------------------------------------------------
 
-    def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> dict:
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None = None) -> dict:
         """Copy the actor's tensors into the model; returns what was (not) matched."""
         state = self.model.state_dict()
         loaded, unknown = [], []
@@ -410,8 +408,10 @@ class HFReplica(RolloutReplica):
             options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
                 node_id=node_id, soft=True
             )
-        server = ray.remote(HFRolloutServer).options(**options).remote(
-            config=self.config, model_config=self.model_config, replica_rank=self.replica_rank
+        server = (
+            ray.remote(HFRolloutServer)
+            .options(**options)
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
         )
         await server.ready.remote()
         self.servers = [server]

@@ -31,7 +31,7 @@ def _register(core_algos) -> None:
 
 
 def plumbing() -> str:
-    """"patched" when the installed verl carries patches/, else "runtime" (the wrappers)."""
+    """ "patched" when the installed verl carries patches/, else "runtime" (the wrappers)."""
     from .version import tree_is_patched
 
     return "patched" if tree_is_patched() else "runtime"
@@ -44,7 +44,6 @@ def install() -> None:
     # it) and the bound on DAPO dynamic sampling; both wait for verl to import their modules.
     from .dynamic_sampling import install as _bound_dynamic_sampling
     from .rollout_hf import register_hf_rollout
-
     from .ulysses_check import install as _check_ulysses_attention
 
     register_hf_rollout()

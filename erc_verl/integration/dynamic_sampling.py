@@ -42,7 +42,10 @@ def filtered_group_limit(config) -> tuple[int, str]:
     if per_step > 0:
         return per_step * batch, f"algorithm.filter_groups.max_num_gen_batches={per_step}"
     env = int(os.environ.get("ERC_VERL_MAX_FILTERED_BATCHES", DEFAULT_MAX_FILTERED_BATCHES))
-    return env * batch, f"ERC_VERL_MAX_FILTERED_BATCHES={env} (default; or set algorithm.filter_groups.max_num_gen_batches)"
+    return (
+        env * batch,
+        f"ERC_VERL_MAX_FILTERED_BATCHES={env} (default; or set algorithm.filter_groups.max_num_gen_batches)",
+    )
 
 
 def bound_replay_buffer(buffer, limit: int, source: str, metric: str | None):

@@ -105,7 +105,9 @@ def erc_base_problem(actor_cfg) -> str | None:
         return None
     from ..losses import erc_base_problem as problem
 
-    return problem(str(_get(policy_loss, "erc_base_loss_mode", "vanilla")), _get(policy_loss, "erc_token_local_modes", ()))
+    return problem(
+        str(_get(policy_loss, "erc_base_loss_mode", "vanilla")), _get(policy_loss, "erc_token_local_modes", ())
+    )
 
 
 ACTOR_RULES = (engine_problem, fused_kernels_problem, erc_base_problem)

@@ -169,9 +169,7 @@ def add_positive_nll(config, model_output, data, loss, metrics):
     from verl.utils.metric import AggregationType, Metric
     from verl.workers.utils.padding import no_padding_2_padding
 
-    rewards = next(
-        (r for r in (_padded_response_field(data, key) for key in REWARD_FIELDS) if r is not None), None
-    )
+    rewards = next((r for r in (_padded_response_field(data, key) for key in REWARD_FIELDS) if r is not None), None)
     log_prob = no_padding_2_padding(model_output["log_probs"], data)
     response_mask = _padded_response_field(data, "response_mask")
     # ppo_loss has just set config.global_batch_info for this micro-batch.

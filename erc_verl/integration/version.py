@@ -20,8 +20,7 @@ def check_verl_version() -> str:
     found = installed_verl_version()
     if found is None:
         raise ImportError(
-            f"erc_verl needs verl=={SUPPORTED_VERL}, but verl is not installed: "
-            f"pip install 'verl=={SUPPORTED_VERL}'"
+            f"erc_verl needs verl=={SUPPORTED_VERL}, but verl is not installed: pip install 'verl=={SUPPORTED_VERL}'"
         )
     if found != SUPPORTED_VERL and not (found in PATCH_SET_VERSIONS and tree_is_patched()):
         raise ImportError(

@@ -51,7 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and one run folder per mode (verl's file log, main_ppo.log, the gate audit) under --out."
     )
     g = parser.add_argument_group("run")
-    g.add_argument("--out", default="runs/demo", help="output folder: each demo writes a new OUT/<time>/, OUT/latest points at the newest")
+    g.add_argument(
+        "--out",
+        default="runs/demo",
+        help="output folder: each demo writes a new OUT/<time>/, OUT/latest points at the newest",
+    )
     g.add_argument("--steps", type=int, default=20, help="training steps per loss mode")
     g.add_argument("--seed", type=int, default=0, help="seed of the warm-up, the data order and the rollout sampling")
     g.add_argument(

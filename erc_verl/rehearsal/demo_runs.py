@@ -92,8 +92,14 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
     audit_path = (out / recipe / "gate_audit.ndjson").resolve()  # = plan.run_dir below
     ray_temp = private_temp_dir()  # Ray's files where no other job attaches; removed below
     plan = smoke.build_smoke(
-        recipe, out, demo_overrides(args, mode, audit_path), steps=args.steps, spec=spec,
-        cache_dir=out.parent / ".cache", ray_temp_dir=ray_temp, log=lambda *a, **k: None,
+        recipe,
+        out,
+        demo_overrides(args, mode, audit_path),
+        steps=args.steps,
+        spec=spec,
+        cache_dir=out.parent / ".cache",
+        ray_temp_dir=ray_temp,
+        log=lambda *a, **k: None,
     )
     (plan.run_dir / "overrides.txt").write_text(plan.describe() + "\n")
     log_path = plan.run_dir / "main_ppo.log"

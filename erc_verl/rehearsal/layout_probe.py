@@ -42,8 +42,19 @@ def _record(path: str, n_micro: int | None) -> None:
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    line = json.dumps({"rank": rank, "world_size": world, "node_id": node_id, "hostname": socket.gethostname(),
-                       "pid": os.getpid(), "micro_batches": n_micro}) + "\n"
+    line = (
+        json.dumps(
+            {
+                "rank": rank,
+                "world_size": world,
+                "node_id": node_id,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "micro_batches": n_micro,
+            }
+        )
+        + "\n"
+    )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())

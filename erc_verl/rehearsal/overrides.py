@@ -37,8 +37,10 @@ class Layout:
         elif self.recipe_ulysses == self.ulysses:
             why = f" (the recipe's own; it divides world size {self.world_size})"
         else:
-            why = (f" (the recipe's {self.recipe_ulysses} does not divide world size {self.world_size}; "
-                   f"{self.ulysses} is the largest size up to it that divides it and the tiny model's heads)")
+            why = (
+                f" (the recipe's {self.recipe_ulysses} does not divide world size {self.world_size}; "
+                f"{self.ulysses} is the largest size up to it that divides it and the tiny model's heads)"
+            )
         return [
             f"# layout: {self.nnodes} node(s) x {self.workers_per_node} CPU worker(s) = world size {self.world_size}",
             f"# Ulysses sequence parallel: {self.ulysses}{why}",
@@ -53,8 +55,9 @@ def pick_ulysses(recipe_size: int | None, world_size: int, heads: int | None = N
     divide them too.
     """
     top = max(1, recipe_size or 1)
-    return max(d for d in range(1, min(top, world_size) + 1)
-               if world_size % d == 0 and (heads is None or heads % d == 0))
+    return max(
+        d for d in range(1, min(top, world_size) + 1) if world_size % d == 0 and (heads is None or heads % d == 0)
+    )
 
 
 def smoke_overrides(
@@ -118,7 +121,10 @@ def smoke_overrides(
         # trainer
         ("trainer.device=cpu", "CPU"),
         (f"trainer.nnodes={layout.nnodes}", f"{layout.nnodes} Ray node(s)"),
-        (f"trainer.n_gpus_per_node={layout.workers_per_node}", f"{layout.workers_per_node} worker process(es) per node"),
+        (
+            f"trainer.n_gpus_per_node={layout.workers_per_node}",
+            f"{layout.workers_per_node} worker process(es) per node",
+        ),
         (f"trainer.total_training_steps={steps}", f"{steps} training steps"),
         (f"trainer.test_freq={steps}", "validation before training and at the end"),
         ("trainer.save_freq=2", "a checkpoint at step 2"),
@@ -131,11 +137,19 @@ def smoke_overrides(
     # Ray: never a cluster the smoke did not start.
     if ray_address is None:
         pairs += [
-            ("++ray_kwargs.ray_init.address=local", "a private local Ray, even if RAY_ADDRESS or a running cluster exists"),
-            (f"ray_kwargs.ray_init.num_cpus={RAY_CPUS_PER_NODE}", "logical CPUs for Ray's actors (TransferQueue takes some)"),
+            (
+                "++ray_kwargs.ray_init.address=local",
+                "a private local Ray, even if RAY_ADDRESS or a running cluster exists",
+            ),
+            (
+                f"ray_kwargs.ray_init.num_cpus={RAY_CPUS_PER_NODE}",
+                "logical CPUs for Ray's actors (TransferQueue takes some)",
+            ),
         ]
         if ray_temp_dir is not None:
-            pairs.append((f"++ray_kwargs.ray_init._temp_dir={ray_temp_dir}", "Ray's files in a private temp dir, never /tmp/ray"))
+            pairs.append(
+                (f"++ray_kwargs.ray_init._temp_dir={ray_temp_dir}", "Ray's files in a private temp dir, never /tmp/ray")
+            )
     else:
         pairs += [
             (f"++ray_kwargs.ray_init.address={ray_address}", "the local multi-node Ray cluster this smoke started"),

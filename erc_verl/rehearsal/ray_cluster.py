@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import secrets
 import time
 from pathlib import Path
-
 
 AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
 
@@ -55,8 +54,16 @@ def _ray_executable() -> str:
 class LocalRayCluster:
     """`with LocalRayCluster(nnodes) as cluster:` ... `cluster.address`; torn down on any exit."""
 
-    def __init__(self, nnodes: int, num_cpus: int = 16, log=print, start_timeout: float = 180.0, temp_dir=None,
-                 resources: dict | None = None, log_dir: Path | None = None):
+    def __init__(
+        self,
+        nnodes: int,
+        num_cpus: int = 16,
+        log=print,
+        start_timeout: float = 180.0,
+        temp_dir=None,
+        resources: dict | None = None,
+        log_dir: Path | None = None,
+    ):
         self.nnodes, self.num_cpus, self.log, self.start_timeout = nnodes, num_cpus, log, start_timeout
         self.resources = resources or {}
         self._log_dir = Path(log_dir) if log_dir else None
@@ -81,16 +88,31 @@ class LocalRayCluster:
         def common(i: int) -> list[str]:
             # A temp dir per node, as on separate machines: each node's log monitor streams its own
             # workers' output once.
-            out = [f"--num-cpus={self.num_cpus}", "--num-gpus=0", f"--temp-dir={self.temp_dir}/n{i}",
-                   "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}"]
+            out = [
+                f"--num-cpus={self.num_cpus}",
+                "--num-gpus=0",
+                f"--temp-dir={self.temp_dir}/n{i}",
+                "--disable-usage-stats",
+                f"--dashboard-agent-listen-port={free_port()}",
+            ]
             if self.resources:
                 out.append("--resources=" + json.dumps(self.resources, separators=(",", ":")))
             return out
 
-        head = [ray, "start", "--head", f"--port={self.port}", f"--node-ip-address={self.host}", *common(0),
-                "--include-dashboard=false", "--block"]
-        workers = [[ray, "start", f"--address={self.address}", f"--node-ip-address={self.host}", *common(i), "--block"]
-                   for i in range(1, self.nnodes)]
+        head = [
+            ray,
+            "start",
+            "--head",
+            f"--port={self.port}",
+            f"--node-ip-address={self.host}",
+            *common(0),
+            "--include-dashboard=false",
+            "--block",
+        ]
+        workers = [
+            [ray, "start", f"--address={self.address}", f"--node-ip-address={self.host}", *common(i), "--block"]
+            for i in range(1, self.nnodes)
+        ]
         return [head, *workers]
 
     @property
@@ -118,8 +140,10 @@ class LocalRayCluster:
             if dead:
                 i = self.procs.index(dead[0])
                 tail = self._out(f"node{i}").read_text(errors="replace").strip().splitlines()[-3:]
-                raise RuntimeError(f"`ray start` of node {i} exited with {dead[0].returncode} while waiting for "
-                                   f"{what} (output: {self._out(f'node{i}')}): " + " | ".join(tail))
+                raise RuntimeError(
+                    f"`ray start` of node {i} exited with {dead[0].returncode} while waiting for "
+                    f"{what} (output: {self._out(f'node{i}')}): " + " | ".join(tail)
+                )
             if ready():
                 return
             time.sleep(0.5)
@@ -127,8 +151,11 @@ class LocalRayCluster:
 
     def _alive_nodes(self) -> int:
         # `ray start --block` logs this line once its node is up and registered with the head.
-        return sum("Ray runtime started" in self._out(f"node{i}").read_text(errors="replace")
-                   for i in range(len(self.procs)) if self._out(f"node{i}").exists())
+        return sum(
+            "Ray runtime started" in self._out(f"node{i}").read_text(errors="replace")
+            for i in range(len(self.procs))
+            if self._out(f"node{i}").exists()
+        )
 
     def start(self) -> LocalRayCluster:
         cmds = self.node_commands()

@@ -27,7 +27,7 @@ def _stop(proc) -> None:
 
 
 def run_main_ppo(
-    plan: SmokePlan,
+    plan,  # a smoke.SmokePlan
     *,
     timeout: float | None = None,
     capture: Path | None = None,
@@ -54,9 +54,14 @@ def run_main_ppo(
         fh.flush()
     try:
         proc = subprocess.Popen(
-            plan.cmd, env=plan.env if env is None else env, cwd=str(ROOT),
-            stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None,
-            text=True, bufsize=1, start_new_session=True,
+            plan.cmd,
+            env=plan.env if env is None else env,
+            cwd=str(ROOT),
+            stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.STDOUT if piped else None,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
         )
 
         def pump() -> None:

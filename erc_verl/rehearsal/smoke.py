@@ -52,8 +52,18 @@ from .runner import ROOT, run_main_ppo
 from .tiny_model import ModelSpec, asset_paths, build_model, build_tokenizer, prepare_assets, prompt_ids
 
 __all__ = [
-    "ROOT", "ModelSpec", "SmokePlan", "build_model", "build_smoke", "build_tokenizer", "main", "prepare_assets",
-    "prompt_ids", "read_file_log", "run_main_ppo", "smoke_overrides",
+    "ROOT",
+    "ModelSpec",
+    "SmokePlan",
+    "build_model",
+    "build_smoke",
+    "build_tokenizer",
+    "main",
+    "prepare_assets",
+    "prompt_ids",
+    "read_file_log",
+    "run_main_ppo",
+    "smoke_overrides",
 ]
 
 RECIPES_DIR = ROOT / "recipes"
@@ -77,8 +87,10 @@ class SmokePlan:
     ray_temp_dir: Path | None = None
 
     def describe(self) -> str:
-        lines = [f"# smoke run of recipes/{self.recipe}.yaml through verl's main_ppo on CPU",
-                 f"# run folder: {self.run_dir} (metrics: {self.file_log})"]
+        lines = [
+            f"# smoke run of recipes/{self.recipe}.yaml through verl's main_ppo on CPU",
+            f"# run folder: {self.run_dir} (metrics: {self.file_log})",
+        ]
         if self.console_log is not None:
             lines.append(f"# console log: {self.console_log}")
         lines += self.layout.describe()
@@ -141,8 +153,16 @@ def build_smoke(
         if read_marker(run_dir) is None:
             # Tells `erc-verl table` this is a tiny CPU model, not the recipe's model (no paper column).
             write_marker(run_dir, {"recipe": recipe, "model": str(model_dir), "launches": []})
-    overrides = smoke_overrides(model_dir, data, run_dir, file_log, steps=steps, layout=layout,
-                                ray_address=ray_address, ray_temp_dir=ray_temp_dir)
+    overrides = smoke_overrides(
+        model_dir,
+        data,
+        run_dir,
+        file_log,
+        steps=steps,
+        layout=layout,
+        ray_address=ray_address,
+        ray_temp_dir=ray_temp_dir,
+    )
     if probe_file is not None:
         modules = f"erc_verl,{layout_probe.MODULE}"
         overrides += [
@@ -150,12 +170,22 @@ def build_smoke(
             (f"++{RUNTIME_ENV}.{layout_probe.ENV}={probe_file}", "each training rank records its Ray node there"),
         ]
     if worker_slots:
-        overrides.append((f"++{RUNTIME_ENV}.{layout_probe.SLOT_ENV}={layout_probe.SLOT_RESOURCE}",
-                          "one worker slot per bundle: each node's workers on a Ray node of their own, as GPUs do"))
+        overrides.append(
+            (
+                f"++{RUNTIME_ENV}.{layout_probe.SLOT_ENV}={layout_probe.SLOT_RESOURCE}",
+                "one worker slot per bundle: each node's workers on a Ray node of their own, as GPUs do",
+            )
+        )
     cmd = [
-        python or sys.executable, "-m", "verl.trainer.main_ppo",
-        "--config-path", str(recipes_dir), "--config-name", recipe,
-        *[o for o, _ in overrides], *extra_overrides,
+        python or sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        str(recipes_dir),
+        "--config-name",
+        recipe,
+        *[o for o, _ in overrides],
+        *extra_overrides,
     ]
     env = dict(os.environ)
     external = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
@@ -175,9 +205,19 @@ def build_smoke(
     env.pop("RAY_ADDRESS", None)
     if ray_address is not None:
         env.update(AUTH_ENV)  # the same mode as the smoke's cluster (ray_cluster.py)
-    return SmokePlan(recipe, run_dir, file_log, cmd, env, overrides, list(extra_overrides), layout,
-                     console_log=run_dir / "logs" / f"console-{stamp}.log", probe_file=probe_file,
-                     ray_temp_dir=ray_temp_dir)
+    return SmokePlan(
+        recipe,
+        run_dir,
+        file_log,
+        cmd,
+        env,
+        overrides,
+        list(extra_overrides),
+        layout,
+        console_log=run_dir / "logs" / f"console-{stamp}.log",
+        probe_file=probe_file,
+        ray_temp_dir=ray_temp_dir,
+    )
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -212,8 +252,10 @@ def recipe_ulysses(recipe: str, recipes_dir: Path, extra: list[str]) -> int | No
 
         with initialize_config_dir(config_dir=str(recipes_dir), version_base=None):
             cfg = compose(config_name=recipe, overrides=list(extra))
-        for key in ("actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
-                    "actor_rollout_ref.actor.ulysses_sequence_parallel_size"):
+        for key in (
+            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+            "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+        ):
             value = OmegaConf.select(cfg, key, default=None)
             if isinstance(value, int):
                 return value
@@ -251,14 +293,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("recipe", help="a recipe name in recipes/ (e.g. dapo_erc_qwen1.5b)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, applied last")
-    parser.add_argument("--out", metavar="DIR", help="the run folder itself (default: a new runs/smoke/RECIPE/<time>/); "
-                        "an existing smoke run folder is continued from its last checkpoint")
-    parser.add_argument("--resume", metavar="DIR", help="continue the smoke run in DIR (e.g. runs/smoke/RECIPE/latest) "
-                        "from its last checkpoint; give a larger --steps")
-    parser.add_argument("--steps", type=int, default=3, help="training steps in all (default 3; a checkpoint at step 2)")
-    parser.add_argument("--cache", metavar="DIR", default=str(DEFAULT_OUT / ".cache"),
-                        help="cache of the tiny model and data (default runs/smoke/.cache)")
-    parser.add_argument("--dry-run", action="store_true", help="print the command and the layout; write and run nothing")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the run folder itself (default: a new runs/smoke/RECIPE/<time>/); "
+        "an existing smoke run folder is continued from its last checkpoint",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the smoke run in DIR (e.g. runs/smoke/RECIPE/latest) "
+        "from its last checkpoint; give a larger --steps",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=3, help="training steps in all (default 3; a checkpoint at step 2)"
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        default=str(DEFAULT_OUT / ".cache"),
+        help="cache of the tiny model and data (default runs/smoke/.cache)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the command and the layout; write and run nothing"
+    )
     return parser
 
 
@@ -287,41 +345,60 @@ def _main(args, t0: float) -> int:
     if args.resume:
         run_dir = Path(args.resume).resolve()
         if not _continuing(run_dir):
-            raise SmokeError(f"--resume {args.resume}: not a smoke run folder (no {MARKER}); "
-                             "fix: name one, e.g. runs/smoke/RECIPE/latest")
+            raise SmokeError(
+                f"--resume {args.resume}: not a smoke run folder (no {MARKER}); "
+                "fix: name one, e.g. runs/smoke/RECIPE/latest"
+            )
         resume = True
     elif args.out:
         run_dir = Path(args.out).resolve()
         if _continuing(run_dir):
             resume = True
         elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise SmokeError(f"--out {args.out}: exists and is not a smoke run folder; fix: name a new or empty "
-                             "folder (or an existing smoke run to continue it)")
+            raise SmokeError(
+                f"--out {args.out}: exists and is not a smoke run folder; fix: name a new or empty "
+                "folder (or an existing smoke run to continue it)"
+            )
     else:
         run_dir = None  # a new runs/smoke/RECIPE/<time>/, made below
     if resume:
         marker = read_marker(run_dir) or {}
         if marker.get("recipe") not in (None, recipe):
-            raise SmokeError(f"{run_dir} is a smoke run of {marker['recipe']}, not {recipe}; "
-                             f"fix: launch.sh --smoke --resume {run_dir} {marker['recipe']}")
+            raise SmokeError(
+                f"{run_dir} is a smoke run of {marker['recipe']}, not {recipe}; "
+                f"fix: launch.sh --smoke --resume {run_dir} {marker['recipe']}"
+            )
         done = _latest_checkpoint(run_dir)
         if done is not None and args.steps <= done:
-            raise SmokeError(f"{run_dir} has a checkpoint at step {done} already; fix: --steps {done + 1} or more "
-                             "to train further")
+            raise SmokeError(
+                f"{run_dir} has a checkpoint at step {done} already; fix: --steps {done + 1} or more to train further"
+            )
 
     layout = layout_from_env(recipe, RECIPES_DIR, args.overrides)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     recipe_dir = (Path.cwd() / DEFAULT_OUT / recipe).resolve()
     shown_dir = run_dir if run_dir is not None else recipe_dir / stamp
-    cluster = (LocalRayCluster(layout.nnodes, RAY_CPUS_PER_NODE, log=print,
-                               resources={layout_probe.SLOT_RESOURCE: layout.workers_per_node})
-               if layout.nnodes > 1 else None)
+    cluster = (
+        LocalRayCluster(
+            layout.nnodes, RAY_CPUS_PER_NODE, log=print, resources={layout_probe.SLOT_RESOURCE: layout.workers_per_node}
+        )
+        if layout.nnodes > 1
+        else None
+    )
     if cluster is not None and run_dir is not None:
         cluster._log_dir = run_dir / "logs"  # `ray start` output kept with the run
     ray_temp = None if cluster else private_temp_dir()
-    kwargs = dict(steps=args.steps, run_dir=shown_dir, cache_dir=args.cache, layout=layout,
-                  ray_address=cluster.address if cluster else None, ray_temp_dir=ray_temp, probe=True,
-                  worker_slots=cluster is not None, stamp=stamp)
+    kwargs = dict(
+        steps=args.steps,
+        run_dir=shown_dir,
+        cache_dir=args.cache,
+        layout=layout,
+        ray_address=cluster.address if cluster else None,
+        ray_temp_dir=ray_temp,
+        probe=True,
+        worker_slots=cluster is not None,
+        stamp=stamp,
+    )
 
     if args.dry_run:
         plan = build_smoke(recipe, DEFAULT_OUT, args.overrides, prepare=False, **kwargs)
@@ -359,8 +436,12 @@ def _main(args, t0: float) -> int:
             cluster.start()
         else:
             ray_temp.mkdir(parents=True)
-        rc = run_main_ppo(plan, capture=plan.console_log, header=header,
-                          on_line=lambda line: (sys.stdout.write(line), sys.stdout.flush()))
+        rc = run_main_ppo(
+            plan,
+            capture=plan.console_log,
+            header=header,
+            on_line=lambda line: (sys.stdout.write(line), sys.stdout.flush()),
+        )
         status = "done" if rc == 0 else "failed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -384,19 +465,26 @@ def _main(args, t0: float) -> int:
         latest = point_latest(run_dir)
     where = _shown(latest if latest is not None else run_dir)
     if status == "done":
-        print(f"[smoke] {recipe}: done in {took:.0f}s; trained steps {steps} (all: {trained}); run folder {_shown(run_dir)}")
-        print(f"[smoke] console log {_shown(plan.console_log)}, metrics {_shown(plan.file_log)}, layout "
-              f"{_shown(run_dir / 'layout.json')}")
+        print(
+            f"[smoke] {recipe}: done in {took:.0f}s; trained steps {steps} (all: {trained}); run folder {_shown(run_dir)}"
+        )
+        print(
+            f"[smoke] console log {_shown(plan.console_log)}, metrics {_shown(plan.file_log)}, layout "
+            f"{_shown(run_dir / 'layout.json')}"
+        )
         print("[smoke] next, from the repository root:")
         print(f"  scripts/erc-verl table {where}")
         print(f"  scripts/erc-verl plot {where}        # writes {_shown(run_dir)}/plot.png")
         print(f"  scripts/launch.sh --smoke --resume {where} {recipe} --steps {args.steps + 1}   # one step more")
         return 0
     before = "" if trained else ", before its first training step"
-    print(f"[smoke] {recipe}: main_ppo {status if rc is None else f'exited with {rc}'} after {took:.0f}s{before}. "
-          f"Run folder {_shown(run_dir)} is marked {status} ({MARKER})"
-          + ("; erc-verl table skips it" if not trained else "")
-          + f". Console log: {_shown(plan.console_log)}", file=sys.stderr)
+    print(
+        f"[smoke] {recipe}: main_ppo {status if rc is None else f'exited with {rc}'} after {took:.0f}s{before}. "
+        f"Run folder {_shown(run_dir)} is marked {status} ({MARKER})"
+        + ("; erc-verl table skips it" if not trained else "")
+        + f". Console log: {_shown(plan.console_log)}",
+        file=sys.stderr,
+    )
     return 130 if status == "interrupted" else (rc if rc else 1)
 
 

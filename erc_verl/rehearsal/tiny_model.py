@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # DeepSeek-R1-Distill style: the template opens the think block, the model closes it.
@@ -136,8 +135,11 @@ def build_model(model_dir: Path, spec: ModelSpec = ModelSpec(), log=print) -> di
     model.save_pretrained(model_dir, safe_serialization=True)
     GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    info = {"sft_steps": spec.sft_steps, "sft_final_loss": float(loss.item()) if loss is not None else None,
-            "sft_s": round(time.time() - t0, 1)}
+    info = {
+        "sft_steps": spec.sft_steps,
+        "sft_final_loss": float(loss.item()) if loss is not None else None,
+        "sft_s": round(time.time() - t0, 1),
+    }
     (model_dir / "erc_verl_smoke.json").write_text(json.dumps({"spec": spec.__dict__, **info}, indent=1))
     loss_text = f"{info['sft_final_loss']:.3f}" if info["sft_final_loss"] is not None else "-"
     log(f"[smoke] tiny Qwen2 warmed up: {spec.sft_steps} SFT steps, loss {loss_text}, {info['sft_s']}s")

@@ -68,18 +68,60 @@ SOURCES: dict[str, SourceSpec] = {
     for spec in (
         # The paper's training set (docs/algorithm.md, "The paper's runs"). The Hub id moved from Suu/ to Kwai-Klear/ (the
         # old one redirects); its rows are already in verl's layout (one user turn).
-        SourceSpec("klear_mathsub_30k", "train", "Kwai-Klear/KlearReasoner-MathSub-30K", "train", None,
-                   ("prompt", "problem", "question"), ("ground_truth", "answer")),
-        SourceSpec("aime2024", "test", None, "train", "aime2024.jsonl",
-                   ("prompt", "problem", "question"), ("ground_truth", "answer")),
-        SourceSpec("aime2025", "test", None, "train", "aime2025.jsonl",
-                   ("prompt", "problem", "question"), ("ground_truth", "answer")),
-        SourceSpec("hmmt2025", "test", "MathArena/hmmt_feb_2025", "train", None,
-                   ("problem", "question", "prompt"), ("answer", "ground_truth")),
-        SourceSpec("math500", "test", "HuggingFaceH4/MATH-500", "test", None,
-                   ("problem", "question", "prompt"), ("answer", "ground_truth")),
-        SourceSpec("amc23", "test", "math-ai/amc23", "test", None,
-                   ("question", "problem", "prompt"), ("answer", "ground_truth")),
+        SourceSpec(
+            "klear_mathsub_30k",
+            "train",
+            "Kwai-Klear/KlearReasoner-MathSub-30K",
+            "train",
+            None,
+            ("prompt", "problem", "question"),
+            ("ground_truth", "answer"),
+        ),
+        SourceSpec(
+            "aime2024",
+            "test",
+            None,
+            "train",
+            "aime2024.jsonl",
+            ("prompt", "problem", "question"),
+            ("ground_truth", "answer"),
+        ),
+        SourceSpec(
+            "aime2025",
+            "test",
+            None,
+            "train",
+            "aime2025.jsonl",
+            ("prompt", "problem", "question"),
+            ("ground_truth", "answer"),
+        ),
+        SourceSpec(
+            "hmmt2025",
+            "test",
+            "MathArena/hmmt_feb_2025",
+            "train",
+            None,
+            ("problem", "question", "prompt"),
+            ("answer", "ground_truth"),
+        ),
+        SourceSpec(
+            "math500",
+            "test",
+            "HuggingFaceH4/MATH-500",
+            "test",
+            None,
+            ("problem", "question", "prompt"),
+            ("answer", "ground_truth"),
+        ),
+        SourceSpec(
+            "amc23",
+            "test",
+            "math-ai/amc23",
+            "test",
+            None,
+            ("question", "problem", "prompt"),
+            ("answer", "ground_truth"),
+        ),
     )
 }
 # The paper's training set first, then its benchmarks (AMC23 is from the sister paper CE-GPPO).
@@ -202,7 +244,9 @@ def _read_json_file(path: Path) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise DataFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); fix: pass a .jsonl/.json file") from None
+        raise DataFormatError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); fix: pass a .jsonl/.json file"
+        ) from None
     stripped = text.lstrip()
     if path.suffix == ".json" and stripped.startswith("["):
         try:
@@ -241,7 +285,9 @@ def read_local(path: Path) -> list[dict]:
             return pd.read_parquet(path).to_dict(orient="records")
         except Exception as exc:  # pyarrow raises several types for a damaged file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataFormatError(f"{path}: not a readable parquet file ({first}); fix the file or re-download it") from None
+            raise DataFormatError(
+                f"{path}: not a readable parquet file ({first}); fix the file or re-download it"
+            ) from None
     if path.suffix in (".jsonl", ".json"):
         return _read_json_file(path)
     raise DataFormatError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
@@ -284,7 +330,9 @@ def read_hub(spec: SourceSpec) -> list[dict]:
 
         return [dict(row) for row in load_dataset(spec.hub_id, split=spec.hub_split)]
     except ImportError as exc:
-        raise UserError(f"{spec.name}: reading the Hub needs the `datasets` package ({exc}); {_offline_hint([spec.name])}") from None
+        raise UserError(
+            f"{spec.name}: reading the Hub needs the `datasets` package ({exc}); {_offline_hint([spec.name])}"
+        ) from None
     except Exception as exc:  # network, authentication, a moved data set: one line, not a traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
@@ -341,7 +389,9 @@ def _write_all(converted: dict[str, list[dict]], out_dir: Path) -> dict[str, Pat
     except OSError as exc:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write to {out_dir} ({exc.strerror}); nothing written; fix: --out DIR with free space") from None
+        raise UserError(
+            f"cannot write to {out_dir} ({exc.strerror}); nothing written; fix: --out DIR with free space"
+        ) from None
     except BaseException:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)

@@ -133,13 +133,16 @@ def _parse_record(line: str) -> tuple[str | None, int, dict]:
     return (str(run) if run is not None else None), int(step), metrics
 
 
-def read_log_file(path: Path, steps: dict[int, dict[str, float]], by_run: dict[str, dict] | None = None, warnings=None) -> int:
+def read_log_file(
+    path: Path, steps: dict[int, dict[str, float]], by_run: dict[str, dict] | None = None, warnings=None
+) -> int:
     """Merge the records of one file into `steps` (or `by_run` for rows naming a run).
 
     Returns the number of records read. Unreadable lines (a partial last line of a killed run,
     or a file that is not a metrics log) are counted: one warning per file, appended to
     `warnings` when given, else printed.
     """
+
     def warn(message):
         if warnings is None:
             print(message, file=sys.stderr)
@@ -207,8 +210,10 @@ def _smoke_skip_note(folder: Path, marker: dict) -> str | None:
     if status in ("failed", "interrupted") and not marker.get("trained_steps"):
         rc = (marker.get("launches") or [{}])[-1].get("rc")
         how = status + (f" (exit {rc})" if rc not in (None, 0) else "")
-        return (f"note: skipped {folder}: a smoke run that {how} before its first training step; "
-                f"its console log is in {folder / 'logs'}")
+        return (
+            f"note: skipped {folder}: a smoke run that {how} before its first training step; "
+            f"its console log is in {folder / 'logs'}"
+        )
     return None
 
 
@@ -281,8 +286,10 @@ def load_runs(path: str | Path) -> list[Run]:
         print(message, file=sys.stderr)
     if not records:
         if notes and len(notes) == len(groups):
-            raise UserError(f"{path}: every run here failed before its first training step (see the notes); "
-                            "fix: rerun the smoke (scripts/launch.sh --smoke RECIPE) and name its new run folder")
+            raise UserError(
+                f"{path}: every run here failed before its first training step (see the notes); "
+                "fix: rerun the smoke (scripts/launch.sh --smoke RECIPE) and name its new run folder"
+            )
         raise UserError(f"{path}: no metrics record in {len(files)} .jsonl file(s); expected {EXPECTED}")
     for message in warnings:  # some files or lines unreadable beside real records: say so
         print(message, file=sys.stderr)
@@ -339,13 +346,19 @@ def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None =
         elif scores:
             picks = [("final", max(scores))]
         if not picks:
-            lines.append("| " + " | ".join([run.name, run.model or "?", "no validation", "-", *["-"] * len(columns), "-", paper_cell]) + " |")
+            lines.append(
+                "| "
+                + " | ".join([run.name, run.model or "?", "no validation", "-", *["-"] * len(columns), "-", paper_cell])
+                + " |"
+            )
             continue
         for label, step in picks:
             s = scores[step]
             cells = [_pct(s.get(b)) for b in columns]
             lines.append(
-                "| " + " | ".join([run.name, run.model or "?", label, str(step), *cells, _pct(_avg(s, columns)), paper_cell]) + " |"
+                "| "
+                + " | ".join([run.name, run.model or "?", label, str(step), *cells, _pct(_avg(s, columns)), paper_cell])
+                + " |"
             )
     notes = [
         "",
@@ -422,9 +435,13 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="PNG file to write (default: plot.png in the run folder, or beside the log file; "
-                        "plot-2.png, ... when that exists)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG file to write (default: plot.png in the run folder, or beside the log file; "
+        "plot-2.png, ... when that exists)",
+    )
 
 
 def _load_all(paths) -> list[Run]:

@@ -193,9 +193,7 @@ def extract_answer(solution_str: str) -> str | None:
     return solution_str[cut + len(THINK_CLOSE) :][-MAX_ANSWER_CHARS:]
 
 
-def is_equivalent(
-    answer: str, gold: str, timeout_s: float | None = None, inner_timeout_s: int | None = None
-) -> bool:
+def is_equivalent(answer: str, gold: str, timeout_s: float | None = None, inner_timeout_s: int | None = None) -> bool:
     """math_verify equivalence of `answer` (free text, boxed or not) and `gold`, bounded in time.
 
     timeout_s: hard wall-clock bound (helper killed past it). inner_timeout_s: math_verify's own

@@ -142,8 +142,13 @@ def _child(rank: int, world: int, port: int, dp: int, sp: int, model_dir: str, c
                     ridx, lp, ent = gathered[r]
                     full_lp[ridx], full_ent[ridx] = lp, ent
                 results.append(
-                    {"name": case["name"], "old_log_probs": full_lp, "entropy": full_ent,
-                     "metrics": dict(metrics), "params": params}
+                    {
+                        "name": case["name"],
+                        "old_log_probs": full_lp,
+                        "entropy": full_ent,
+                        "metrics": dict(metrics),
+                        "params": params,
+                    }
                 )
             del worker
         if rank == 0:

@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import socket  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Optional  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -193,7 +193,7 @@ def _compose_trainer_config(overrides: Sequence[str] = ()):
 def actor_config_dict(
     model_dir: str,
     *,
-    policy_loss: Optional[dict] = None,
+    policy_loss: dict | None = None,
     clip_ratio_low: float = 0.2,
     clip_ratio_high: float = 0.28,
     clip_ratio_c: float = 10.0,
@@ -203,7 +203,7 @@ def actor_config_dict(
     weight_decay: float = 0.0,
     clip_grad: float = 1.0,
     micro_batch_size: int = 2,
-    infer_micro_batch_size: Optional[int] = None,
+    infer_micro_batch_size: int | None = None,
     ppo_mini_batch_size: int = 4,
     ppo_epochs: int = 1,
     rollout_n: int = 1,
@@ -213,7 +213,7 @@ def actor_config_dict(
     gradient_checkpointing: bool = False,
     use_torch_compile: bool = False,
     dtype: str = "float32",
-    extra_actor: Optional[dict] = None,
+    extra_actor: dict | None = None,
 ):
     """The trainer's full config (``DictConfig``) with the actor fields this harness sets.
 
@@ -367,9 +367,9 @@ def make_batch(
     responses_ids,
     *,
     pad_token_id: int = 0,
-    max_prompt_len: Optional[int] = None,
-    max_response_len: Optional[int] = None,
-    response_mask: Optional[torch.Tensor] = None,
+    max_prompt_len: int | None = None,
+    max_response_len: int | None = None,
+    response_mask: torch.Tensor | None = None,
 ):
     """The padded rollout batch verl's trainer holds (what ``DataProto.batch`` looks like).
 
@@ -447,7 +447,6 @@ def to_worker_batch(batch, layout: str = "nested"):
     on the padded batch (input_ids/position_ids nested, the rest padded).
     """
     from tensordict import TensorDict
-
     from verl.workers.utils.padding import left_right_2_no_padding
 
     if layout == "padded":
@@ -501,7 +500,7 @@ def _response_padded(output_tensor: torch.Tensor, worker_batch, batch, layout: s
 # ----------------------------------------------------------------------------------------
 
 
-def compute_old_log_prob(worker, batch, temperature: Optional[float] = None, *, layout: str = "nested"):
+def compute_old_log_prob(worker, batch, temperature: float | None = None, *, layout: str = "nested"):
     """Old-log-prob pass of the V1 trainer (``_compute_old_log_prob``) on ``batch``.
 
     Returns ``(old_log_probs, entropy)``, both float32 (bsz, R) with zeros at padding. verl
@@ -526,17 +525,17 @@ def update_actor(
     worker,
     batch,
     old_log_probs: torch.Tensor,
-    old_entropy: Optional[torch.Tensor],
+    old_entropy: torch.Tensor | None,
     advantages: torch.Tensor,
     *,
-    ppo_mini_batch_size: Optional[int] = None,
-    epochs: Optional[int] = None,
-    shuffle: Optional[bool] = None,
-    seed: Optional[int] = None,
-    temperature: Optional[float] = None,
-    calculate_entropy: Optional[bool] = None,
+    ppo_mini_batch_size: int | None = None,
+    epochs: int | None = None,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    temperature: float | None = None,
+    calculate_entropy: bool | None = None,
     layout: str = "nested",
-    extra: Optional[dict[str, torch.Tensor]] = None,
+    extra: dict[str, torch.Tensor] | None = None,
     raw: bool = False,
 ) -> dict[str, Any]:
     """One ``update_actor`` step of the V1 trainer (``_update_actor``) on ``batch``.
@@ -630,9 +629,9 @@ def generate(
     temperature: float = 1.0,
     *,
     top_p: float = 1.0,
-    eos_token_id: Optional[int] = None,
-    pad_token_id: Optional[int] = None,
-    seed: Optional[int] = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    seed: int | None = None,
 ) -> list[list[int]]:
     """Sample ``n`` responses per prompt from the current weights with HF ``generate``.
 

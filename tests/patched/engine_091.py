@@ -21,10 +21,10 @@ from pathlib import Path
 # The test harness lives in tests/, beside this folder; it is not part of the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from harness import training_worker as engine_cpu  # first: fixes verl's platform to the CPU one
 
 import erc_verl  # noqa: E402
-import torch  # noqa: E402
 
 ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
 BSZ, PROMPT_LEN, RESPONSE_LEN = 8, 6, 12
@@ -121,7 +121,10 @@ def patched_old_pass_flags(cfg, batch) -> dict:
     stub = types.SimpleNamespace(config=cfg, actor_rollout_wg=V1WorkerGroup())
     for call, group in (
         (lambda: PPOTrainer._compute_old_log_prob(stub, types.SimpleNamespace(extra_info={}), {}), V1WorkerGroup()),
-        (lambda: RayPPOTrainer._compute_old_log_prob(stub, DataProto(batch=batch.clone(), meta_info={})), V0WorkerGroup()),
+        (
+            lambda: RayPPOTrainer._compute_old_log_prob(stub, DataProto(batch=batch.clone(), meta_info={})),
+            V0WorkerGroup(),
+        ),
     ):
         stub.actor_rollout_wg = group
         try:
@@ -221,7 +224,7 @@ def main(model_dir, peaked_dir, out):
     from verl.trainer.ppo import core_algos
 
     results = {"plumbing": erc_verl.PLUMBING, "cases": {}}
-    # issue 12: verl's stock losses stay the very functions verl defines, on both paths
+    # verl's stock losses stay the very functions verl defines, on both paths
     results["stock_losses_untouched"] = (
         core_algos.POLICY_LOSS_REGISTRY["vanilla"] is core_algos.compute_policy_loss_vanilla
     )

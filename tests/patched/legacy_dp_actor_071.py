@@ -58,7 +58,6 @@ def actor_config(policy_loss: dict, mini_batch: int, entropy_coeff: float = 0.0)
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
-
     from verl.utils.config import omega_conf_to_dataclass
 
     GlobalHydra.instance().clear()
@@ -82,8 +81,8 @@ def actor_config(policy_loss: dict, mini_batch: int, entropy_coeff: float = 0.0)
 
 
 def rollout():
-    from verl import DataProto
     from tensordict import TensorDict
+    from verl import DataProto
 
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, VOCAB, (BSZ, PROMPT_LEN), generator=gen)
@@ -153,10 +152,10 @@ def params(module):
 def run_case(
     policy_loss, *, mini_batch=BSZ, entropy_coeff=0.0, lm_head_scale=30.0, old_entropy_scale=1.0, rewards=False
 ):
-    import erc_verl.entropy as erc_entropy
     import verl.utils.torch_functional as verl_F
-
     from verl.workers.actor.dp_actor import DataParallelPPOActor
+
+    import erc_verl.entropy as erc_entropy
 
     config = actor_config(policy_loss, mini_batch, entropy_coeff)
     model = tiny_qwen2(lm_head_scale)
@@ -249,9 +248,7 @@ def main(out):
     results = {"plumbing": erc_verl.PLUMBING, "cases": {}}
     cases = {
         "vanilla": dict(policy_loss={"loss_mode": "vanilla"}),
-        "open_band": dict(
-            policy_loss={"loss_mode": "dapo_erc", "entropy_ratio_low": 1e-6, "entropy_ratio_high": 1e6}
-        ),
+        "open_band": dict(policy_loss={"loss_mode": "dapo_erc", "entropy_ratio_low": 1e-6, "entropy_ratio_high": 1e6}),
         # old entropies x1.5: every ratio is about 2/3, outside a band this narrow
         "shut_band": dict(
             policy_loss={"loss_mode": "dapo_erc", "entropy_ratio_low": 0.999999, "entropy_ratio_high": 1.000001},

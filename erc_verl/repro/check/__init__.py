@@ -25,7 +25,21 @@ main = check_main
 add_arguments = add_check_arguments
 
 __all__ = [
-    "PLACEHOLDER_MODEL", "PLACEHOLDER_OVERRIDES", "RULES", "RecipeError", "add_arguments", "add_check_arguments",
-    "check_cluster", "check_config", "check_data_files", "check_main", "check_model_path", "check_recipe",
-    "compose_recipe", "default_recipes_dir", "list_recipes", "main", "resolve_recipe",
+    "PLACEHOLDER_MODEL",
+    "PLACEHOLDER_OVERRIDES",
+    "RULES",
+    "RecipeError",
+    "add_arguments",
+    "add_check_arguments",
+    "check_cluster",
+    "check_config",
+    "check_data_files",
+    "check_main",
+    "check_model_path",
+    "check_recipe",
+    "compose_recipe",
+    "default_recipes_dir",
+    "list_recipes",
+    "main",
+    "resolve_recipe",
 ]

@@ -34,7 +34,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_main(args) -> int:
     if args.recipes_dir is not None and not args.recipes_dir.is_dir():
-        raise UserError(f"--recipes-dir {args.recipes_dir}: no such folder; fix: the recipes/ folder of an erc-verl checkout")
+        raise UserError(
+            f"--recipes-dir {args.recipes_dir}: no such folder; fix: the recipes/ folder of an erc-verl checkout"
+        )
     recipes_dir = args.recipes_dir or default_recipes_dir()
     names = args.recipes or (list_recipes(recipes_dir) if recipes_dir else [])
     if not names:

@@ -57,7 +57,6 @@ def error_at(exc: BaseException, cfg, path: str) -> RecipeError:
 
 def _build(cfg, path: str, dataclass_type=None):
     from omegaconf import OmegaConf
-
     from verl.utils.config import omega_conf_to_dataclass
 
     check_node_fields(cfg, path)
@@ -71,7 +70,6 @@ def _build(cfg, path: str, dataclass_type=None):
 def _check_model_keys(cfg, model_path: str | None):
     """HFModelConfig loads the tokenizer in __post_init__: without a real model, check keys and types only."""
     from omegaconf import OmegaConf
-
     from verl.workers.config import HFModelConfig
 
     path = "actor_rollout_ref.model"
@@ -112,9 +110,10 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
         raise RecipeError(key, message)
 
     # 3. the plugin and its loss modes (import erc_verl registers them, as in every verl process)
-    import erc_verl
     from verl.trainer.ppo import core_algos
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    import erc_verl
 
     loss_key = "actor_rollout_ref.actor.policy_loss.loss_mode"
     mode = OmegaConf.select(cfg, loss_key)
@@ -200,7 +199,6 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
         "critic": use_critic,
         "ref": use_ref,
     }
-
 
 
 @functools.lru_cache(maxsize=16)

@@ -17,7 +17,6 @@ def _positive_int(cfg, key):
     return value
 
 
-
 def check_cluster(cfg, use_ref: bool, check_paths: bool = False) -> None:
     """What verl 0.9.1 rejects only after Ray has started, with verl's own rules.
 
@@ -105,7 +104,9 @@ def check_cluster(cfg, use_ref: bool, check_paths: bool = False) -> None:
     budgets = [("actor_rollout_ref.actor.use_dynamic_bsz", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu")]
     budgets.append((f"{rollout}.log_prob_use_dynamic_bsz", f"{rollout}.log_prob_max_token_len_per_gpu"))
     if use_ref:
-        budgets.append(("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu"))
+        budgets.append(
+            ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu")
+        )
     for flag, key in budgets:
         budget = get(key)
         if get(flag, False) and isinstance(budget, int) and budget * sp < longest:
@@ -116,4 +117,3 @@ def check_cluster(cfg, use_ref: bool, check_paths: bool = False) -> None:
                 f"(max_prompt_length + max_response_length = {longest}); verl would stop at the first full-length "
                 f"response; fix: -o {key}={need} or more",
             )
-

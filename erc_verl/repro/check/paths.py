@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .errors import RecipeError
 
+
 def _looks_local(path: str) -> bool:
     """A filesystem path rather than a Hugging Face Hub id (org/name) or a remote URL."""
     if "://" in path:
@@ -19,10 +20,11 @@ def check_model_path(path: str, key: str = "actor_rollout_ref.model.path") -> No
         return  # a Hub id: resolved by verl on the cluster (needs the Hub there), not checked here
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise RecipeError(key, f"no such model folder: {path}; fix: pass the folder holding config.json and the tokenizer")
+        raise RecipeError(
+            key, f"no such model folder: {path}; fix: pass the folder holding config.json and the tokenizer"
+        )
     if not (folder / "config.json").is_file():
         raise RecipeError(key, f"{path} has no config.json; fix: pass the Hugging Face model folder itself")
-
 
 
 def _is_remote(path: str) -> bool:

@@ -40,7 +40,11 @@ def _hardware(cfg, nnodes: int, per_node: int) -> None:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
             res = ray.cluster_resources()
         except Exception as exc:
-            raise RecipeError("RAY_ADDRESS", f"cannot reach the Ray cluster at {address} ({type(exc).__name__}); fix: 'ray start --head' on the head node, or the right RAY_ADDRESS") from exc
+            raise RecipeError(
+                "RAY_ADDRESS",
+                f"cannot reach the Ray cluster at {address} ({type(exc).__name__}); "
+                "fix: 'ray start --head' on the head node, or the right RAY_ADDRESS",
+            ) from exc
         finally:
             if ray.is_initialized():
                 ray.shutdown()
@@ -50,7 +54,10 @@ def _hardware(cfg, nnodes: int, per_node: int) -> None:
         try:
             import torch
         except ImportError as exc:
-            raise RecipeError("PYTHON", f"{sys.executable} has no torch; fix: PYTHON=/path/to/gpu-env/bin/python scripts/launch.sh ...") from exc
+            raise RecipeError(
+                "PYTHON",
+                f"{sys.executable} has no torch; fix: PYTHON=/path/to/gpu-env/bin/python scripts/launch.sh ...",
+            ) from exc
         if per_node > 0 and not torch.cuda.is_available():
             raise RecipeError(
                 "PYTHON",
@@ -63,7 +70,11 @@ def _hardware(cfg, nnodes: int, per_node: int) -> None:
         cpus = OmegaConf.select(cfg, "ray_kwargs.ray_init.num_cpus", default=None) or os.cpu_count() or 1
         where = "this machine"
     if gpus < world:
-        raise RecipeError("GPUS_PER_NODE", f"the layout needs {nnodes} x {per_node} = {world} GPUs, {where} has {gpus}; fix: NNODES/GPUS_PER_NODE that fit, or 'ray start --num-gpus=N' on every node")
+        raise RecipeError(
+            "GPUS_PER_NODE",
+            f"the layout needs {nnodes} x {per_node} = {world} GPUs, {where} has {gpus}; "
+            "fix: NNODES/GPUS_PER_NODE that fit, or 'ray start --num-gpus=N' on every node",
+        )
     if cpus < need_cpus:
         raise RecipeError(
             "CPU",
@@ -85,7 +96,10 @@ def main(argv=None) -> int:
             check_model_path(os.environ["MODEL_PATH"], "MODEL_PATH")
             check_data_files(os.environ["TRAIN_FILES"], "TRAIN_FILES")
             check_data_files(os.environ["VAL_FILES"], "VAL_FILES")
-            layout = [f"trainer.nnodes={os.environ['NNODES']}", f"trainer.n_gpus_per_node={os.environ['GPUS_PER_NODE']}"]
+            layout = [
+                f"trainer.nnodes={os.environ['NNODES']}",
+                f"trainer.n_gpus_per_node={os.environ['GPUS_PER_NODE']}",
+            ]
         check_recipe(config_dir, name, [*layout, *overrides])
         if real and os.environ.get("ERC_VERL_SKIP_HARDWARE_CHECK") != "1":
             from .compose import PLACEHOLDER_OVERRIDES, compose_recipe

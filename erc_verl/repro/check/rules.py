@@ -16,7 +16,9 @@ def ulysses_attention(cfg):
     from erc_verl.integration.ulysses_check import ulysses_attention_problem
 
     problem = ulysses_attention_problem(cfg.actor_rollout_ref)
-    return None if problem is None else RecipeError("actor_rollout_ref.model.override_config.attn_implementation", problem)
+    return (
+        None if problem is None else RecipeError("actor_rollout_ref.model.override_config.attn_implementation", problem)
+    )
 
 
 def erc_support(cfg):

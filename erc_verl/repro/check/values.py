@@ -20,7 +20,6 @@ def verl_defaults():
     return _VERL_DEFAULTS
 
 
-
 def type_problems(values, defaults, prefix=""):
     """(key, message) for values whose verl default is a number or a bool and that are not one.
 
