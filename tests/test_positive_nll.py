@@ -263,3 +263,22 @@ def test_hydra_snippet_declares_the_field_at_the_paper_texts_default():
 
     snippet = Path(erc_verl.__file__).parent / "conf" / "policy_loss" / "erc.yaml"
     assert yaml.safe_load(snippet.read_text())["positive_nll_coeff"] == 0.0
+
+
+def test_the_authors_term_depends_on_which_responses_share_a_micro_batch(model_dir, rollout):
+    """By design, not a bug: the term is normalised by each micro-batch's positive tokens.
+
+    The same responses in another order put the positives into other micro-batches ([0, 3],
+    [4, 5], [1, 2], [6, 7] instead of [0, 1], [2, 3], [4, 5], [6, 7]): verl's token-mean policy
+    loss is unchanged, the positive-sample NLL is not. So a layout or token budget that regroups
+    the micro-batches trains a slightly different objective; tests/test_layouts.py gives every
+    layout the same micro-batches for that reason.
+    """
+    batch, advantages = rollout
+    rewards = rewards_for(batch, CORRECT)
+    order = torch.tensor([0, 3, 4, 5, 1, 2, 6, 7])
+    regrouped = (batch[order], advantages[order])
+    first, _, _ = update(build(model_dir, "vanilla", COEFF), rollout, rewards)
+    second, _, _ = update(build(model_dir, "vanilla", COEFF), regrouped, rewards[order])
+    assert second["actor/pg_loss"] == pytest.approx(first["actor/pg_loss"], rel=1e-5)
+    assert abs(second["actor/positive_nll"] - first["actor/positive_nll"]) > 1e-3 * abs(first["actor/positive_nll"])
