@@ -108,11 +108,11 @@ def test_check_value_types(capsys):
 
 
 def test_check_refuses_the_v0_trainer_with_dynamic_sampling(capsys):
-    from erc_verl.integration.verl_0_9_1 import v0_trainer_problem
+    from erc_verl.integration.support import V0_DYNAMIC_SAMPLING_PROBLEM
 
     line = check_fails(capsys, "trainer.use_v1=false", key="trainer.use_v1")
     # The trainer's own refusal, word for word: one source of truth.
-    assert v0_trainer_problem({"algorithm": {"filter_groups": {"enable": True}}}) in line
+    assert V0_DYNAMIC_SAMPLING_PROBLEM in line
     # Both fixes the message names.
     check_passes(capsys, "trainer.use_v1=true")
     check_passes(capsys, "trainer.use_v1=false", "algorithm.filter_groups.enable=false")
@@ -427,13 +427,13 @@ def test_prepare_data_parquet_written_is_readable(capsys, tmp_path):
 
 
 def test_missing_current_entropy_hint_is_a_valid_override(capsys):
-    """The plumbing's message for an engine without erc_verl's entropy suggests
-    actor_rollout_ref.actor.calculate_entropy=true: verl's config accepts it on an ERC recipe."""
+    """The plumbing's message for an engine without erc_verl's entropy names the FSDP engine erc_verl
+    feeds, never verl's in-graph entropy; verl's config accepts the suggested override on an ERC recipe."""
     from omegaconf import OmegaConf
 
     from erc_verl.integration.verl_0_9_1 import _missing_entropy_error
 
     message = str(_missing_entropy_error("current", OmegaConf.create({"policy_loss": {"loss_mode": "dapo_erc"}})))
-    fix = "actor_rollout_ref.actor.calculate_entropy=true"
-    assert fix in message
+    fix = "actor_rollout_ref.actor.strategy=fsdp2"
+    assert fix in message and "calculate_entropy=true" not in message
     check_passes(capsys, fix)
