@@ -47,10 +47,17 @@ def test_sequence_level_bases_are_refused_with_the_reason(base):
         call(POLICY_LOSS_REGISTRY["erc"], make_batch(0), actor_config("erc", erc_base_loss_mode=base))
 
 
-def test_a_users_mode_needs_a_token_local_declaration():
+@pytest.fixture
+def user_mode_slot():
+    """The test's own registry entry, removed afterwards (verl's registry is process-wide)."""
+    yield "test_user_pg"
+    POLICY_LOSS_REGISTRY.pop("test_user_pg", None)
+
+
+def test_a_users_mode_needs_a_token_local_declaration(user_mode_slot):
     from verl.trainer.ppo import core_algos
 
-    @core_algos.register_policy_loss("test_user_pg")
+    @core_algos.register_policy_loss(user_mode_slot)
     def user_pg(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None, **_):
         return core_algos.agg_loss(
             loss_mat=-advantages * log_prob, loss_mask=response_mask, loss_agg_mode=loss_agg_mode
