@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from .runner import stop_process_group
+
 AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
@@ -189,16 +191,7 @@ class LocalRayCluster:
     def stop(self, grace: float = 40.0) -> None:
         """Stop the nodes this object started: worker nodes first (they drain through the head)."""
         for proc in reversed(self.procs):
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_process_group(proc, ((signal.SIGTERM, grace), (signal.SIGKILL, 10)))
         # Processes a raylet started in a session of their own still name the temp dir.
         for pid in self.own_processes():
             try:

@@ -12,9 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _stop(proc) -> None:
-    """Stop main_ppo's process group: SIGINT first (its atexit shuts Ray down), then harder."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+def stop_process_group(proc, ladder) -> None:
+    """Signal proc's process group with each (signal, seconds to wait) of ladder until proc exits."""
+    for sig, grace in ladder:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -24,6 +24,11 @@ def _stop(proc) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _stop(proc) -> None:
+    """Stop main_ppo's process group: SIGINT first (its atexit shuts Ray down), then harder."""
+    stop_process_group(proc, ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)))
 
 
 def run_main_ppo(
