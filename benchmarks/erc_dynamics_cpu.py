@@ -93,6 +93,7 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <prefix>.jsonl")
     p.add_argument("--fresh", action="store_true", help="ignore records already in <prefix>.jsonl")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--invocation", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     plan = QUICK if args.quick else FULL
     args.seeds = args.seeds or plan["seeds"]
@@ -165,11 +166,48 @@ def run_unit(args, setting_name: str, seed: int, jsonl: Path, done: set) -> None
             grammar=grammar,
             log=lambda msg: print(f"[{setting_name}] {msg}", flush=True),
         )
-        rec.update(setting=setting_name, wall_s=time.time() - t0)
+        rec.update(
+            setting=setting_name,
+            wall_s=time.time() - t0,
+            # Where and how this run was made: a resumed study mixes invocations, and the report
+            # names each from its records, never from the invocation that writes it.
+            run=dict(
+                invocation=args.invocation,
+                machine=args.machine,
+                threads=args.threads,
+                jobs=args.jobs,
+                python=platform.python_version(),
+                finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            ),
+        )
         if variant == "dapo_erc":
             erc_keep = rec["series"]["keep_mb"]
         _append(jsonl, rec)
         print(f"[{setting_name}] done {variant} seed {seed} in {rec['wall_s']:.1f}s", flush=True)
+
+
+def provenance(records: list[dict]) -> str:
+    """Where and how the records were made, read from the records themselves."""
+    groups: dict = {}
+    for r in records:
+        run = r.get("run") or {}
+        groups.setdefault(run.get("invocation"), []).append(r)
+    parts = []
+    for invocation, recs in groups.items():
+        run = recs[0].get("run") or {}
+        total = sum(float(r.get("wall_s") or 0.0) for r in recs)
+        if invocation is None:
+            parts.append(
+                f"{len(recs)} run(s) without a recorded machine or invocation ({total / 60:.1f} min of run time)"
+            )
+            continue
+        finished = sorted(str((r.get("run") or {}).get("finished", "")) for r in recs)
+        parts.append(
+            f"{len(recs)} run(s) on {run.get('machine')}, {run.get('jobs')} process(es) x {run.get('threads')} "
+            f"torch thread(s), Python {run.get('python')}, finished {finished[0]} to {finished[-1]}, "
+            f"{total / 60:.1f} min of run time summed over runs"
+        )
+    return "Runs: " + "; ".join(parts) + "." if parts else "No runs."
 
 
 def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> dict:
@@ -188,8 +226,8 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
                 },
                 "seeds": args.seeds,
                 "steps": args.steps,
-                "wall_s": wall_s,
-                "machine": args.machine,
+                "this_invocation_wall_s": wall_s,
+                "provenance": provenance(records),
                 "stats": stats,
                 "invariants": inv,
                 "records": f"{args.prefix}.jsonl",
@@ -202,9 +240,9 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
     lines = [
         "# ERC at small scale: training dynamics on CPU",
         "",
-        f"Produced by `python benchmarks/erc_dynamics_cpu.py{' --quick' if args.quick else ''}` on {args.machine} "
-        f"(torch threads per process: {args.threads or 'default'}, processes: {args.jobs}; Python "
-        f"{platform.python_version()})." + (f" Run time {wall_s / 60:.1f} min." if wall_s else ""),
+        f"Produced by `python benchmarks/erc_dynamics_cpu.py{' --quick' if args.quick else ''}`. "
+        + provenance(records)
+        + (f" This invocation took {wall_s / 60:.1f} min of wall time." if wall_s else ""),
         "What it is and how to read it: docs/erc-at-small-scale.md.",
         "",
         *([args.note, ""] if args.note else []),
@@ -282,6 +320,7 @@ def main(argv=None) -> int:
     if args.threads is None:
         args.threads = max(1, 2 // args.jobs)
     t0 = time.time()
+    args.invocation = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not args.report_only:
         from dynamics import task
 
@@ -307,6 +346,12 @@ def main(argv=None) -> int:
             str(args.steps),
             "--threads",
             str(args.threads),
+            "--jobs",
+            str(args.jobs),
+            "--machine",
+            args.machine,
+            "--invocation",
+            args.invocation,
         ]
         running: list[subprocess.Popen] = []
         failed = 0

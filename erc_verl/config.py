@@ -7,6 +7,14 @@ from verl.workers.config import PolicyLossConfig
 
 from .modes import ERC_LOSS_MODES, REGISTERED_LOSS_MODES  # noqa: F401  (re-exported)
 
+POSITIVE_NLL_NORMS = ("micro", "global")
+POSITIVE_NLL_COMPARES = ("eq", "ge")
+
+
+def _require_count(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"policy_loss.{name} must be an integer >= {minimum}, got {value!r}")
+
 
 @dataclass
 class ERCPolicyLossConfig(PolicyLossConfig):
@@ -39,6 +47,23 @@ class ERCPolicyLossConfig(PolicyLossConfig):
     # Normalised like the authors' micro-batch agg_loss (docs/algorithm.md, "Positive-sample NLL
     # term"); logged as actor/positive_nll. Formula: erc_verl.losses.positive_nll_loss.
     positive_nll_coeff: float = 0.0
+    # How that term is normalised. "micro" (the authors'): by the positive tokens of each
+    # micro-batch, so the objective depends on which responses share a micro-batch (the micro-batch
+    # size, use_dynamic_bsz's token budget, the GPU count and the Ulysses size all change it).
+    # "global": by the positive tokens of the whole mini-batch across data-parallel ranks, like
+    # verl's token-mean policy loss, so no micro-batching changes it. "global" needs erc_verl's
+    # runtime plumbing of stock verl 0.9.1's FSDP engine (a patched tree refuses it).
+    positive_nll_norm: str = "micro"
+    # Which responses count as positive for that term: the summed token-level reward compared with
+    # positive_nll_reward by positive_nll_compare. "eq" with 1.0 is the authors' test (sum == 1.0).
+    # "ge" counts every response with sum >= positive_nll_reward: for a reward with a format bonus
+    # (correct = 1.1) or an overlong penalty (a correct but long answer scores below 1.0).
+    positive_nll_reward: float = 1.0
+    positive_nll_compare: str = "eq"
+    # One warning when the term is on and no response of the first positive_nll_warn_steps logged
+    # steps counted as positive (actor/positive_nll_frac stayed 0, so the term added nothing);
+    # 0 disables it.
+    positive_nll_warn_steps: int = 3
     # loss_mode=erc only: the registered loss mode whose gradient ERC gates (dapo_erc is erc over
     # vanilla, gppo_erc over gppo). Must be token-local (erc_verl.modes.TOKEN_LOCAL_MODES) or listed
     # in erc_token_local_modes.
@@ -62,6 +87,7 @@ class ERCPolicyLossConfig(PolicyLossConfig):
             "gppo_beta_low",
             "gppo_beta_high",
             "positive_nll_coeff",
+            "positive_nll_reward",
             "fused_entropy_accepted_rel_error",
             "keep_frac_floor",
         )
@@ -83,16 +109,20 @@ class ERCPolicyLossConfig(PolicyLossConfig):
                 f"policy_loss.positive_nll_coeff must be >= 0 (0 = the paper text's objective, 0.1 = the "
                 f"authors' runs), got {self.positive_nll_coeff}"
             )
+        if self.positive_nll_norm not in POSITIVE_NLL_NORMS:
+            raise ValueError(
+                f"policy_loss.positive_nll_norm must be one of {', '.join(POSITIVE_NLL_NORMS)} "
+                f"(micro = the authors'), got {self.positive_nll_norm!r}"
+            )
+        if self.positive_nll_compare not in POSITIVE_NLL_COMPARES:
+            raise ValueError(
+                f"policy_loss.positive_nll_compare must be one of {', '.join(POSITIVE_NLL_COMPARES)} "
+                f"(eq = the authors' sum == positive_nll_reward), got {self.positive_nll_compare!r}"
+            )
+        _require_count("positive_nll_warn_steps", self.positive_nll_warn_steps, minimum=0)
         if not 0.0 <= self.keep_frac_floor < 1.0:
             raise ValueError(f"policy_loss.keep_frac_floor must lie in [0, 1) (0 disables), got {self.keep_frac_floor}")
-        if (
-            isinstance(self.keep_frac_floor_steps, bool)
-            or not isinstance(self.keep_frac_floor_steps, int)
-            or self.keep_frac_floor_steps < 1
-        ):
-            raise ValueError(
-                f"policy_loss.keep_frac_floor_steps must be an integer >= 1, got {self.keep_frac_floor_steps!r}"
-            )
+        _require_count("keep_frac_floor_steps", self.keep_frac_floor_steps, minimum=1)
         if not isinstance(self.entropy_ratio_monitor, bool):
             raise ValueError(
                 f"policy_loss.entropy_ratio_monitor must be true or false, got {self.entropy_ratio_monitor!r}"

@@ -86,9 +86,36 @@ def _global_batch_info(config) -> dict:
 POSITIVE_REWARD = 1.0
 
 
-def positive_responses(token_level_rewards: torch.Tensor) -> torch.Tensor:
-    """(bsz,) bool: the responses whose summed token-level reward is exactly POSITIVE_REWARD."""
-    return token_level_rewards.float().sum(dim=-1) == POSITIVE_REWARD
+def positive_responses(token_level_rewards: torch.Tensor, reward: float = POSITIVE_REWARD, compare: str = "eq"):
+    """(bsz,) bool: the responses whose summed token-level reward is `reward` ("eq", the authors'
+    test) or at least `reward` ("ge")."""
+    total = token_level_rewards.float().sum(dim=-1)
+    if compare == "eq":
+        return total == reward
+    if compare == "ge":
+        return total >= reward
+    raise ValueError(f"policy_loss.positive_nll_compare must be eq or ge, got {compare!r}")
+
+
+def positive_rule(policy_loss_config) -> tuple[float, str]:
+    """(positive_nll_reward, positive_nll_compare) of a policy-loss config, the authors' (1.0, eq) by default."""
+    get = policy_loss_config.get if policy_loss_config is not None else (lambda key, default=None: default)
+    reward = get("positive_nll_reward", POSITIVE_REWARD)
+    return float(POSITIVE_REWARD if reward is None else reward), str(get("positive_nll_compare", "eq") or "eq")
+
+
+def positive_nll_norm(policy_loss_config) -> str:
+    """policy_loss.positive_nll_norm: "micro" (the authors', the default) or "global"."""
+    if policy_loss_config is None:
+        return "micro"
+    return str(policy_loss_config.get("positive_nll_norm", "micro") or "micro")
+
+
+def positive_counts(response_mask: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """float64 [positive tokens, positive responses with a token] of a batch: what "global" sums
+    over the whole mini-batch and every data-parallel rank."""
+    pos_mask = response_mask.bool()[positive.bool().reshape(-1)]
+    return torch.stack([pos_mask.sum(), (pos_mask.sum(dim=-1) > 0).sum()]).double()
 
 
 def loss_sum_aggregation(global_batch_info: dict | None) -> bool:
@@ -109,10 +136,11 @@ def positive_nll_loss(
     positive: torch.Tensor,
     loss_agg_mode: str = "token-mean",
     global_batch_info: dict | None = None,
+    mini_batch_positives: tuple | None = None,
 ) -> torch.Tensor:
     """The authors' positive-sample NLL term of one micro-batch, before its coefficient.
 
-    Kwai-Klear/ERC's dp_actor.update_policy adds, per micro-batch,
+    Kwai-Klear/ERC's dp_actor adds, per micro-batch,
     `coeff * agg_loss(-log_prob[positive], response_mask[positive], loss_agg_mode)`: the NLL of
     the correct responses' tokens, aggregated over the micro-batch's positive responses only,
     next to a policy loss aggregated over the micro-batch. With token-mean a positive token
@@ -125,8 +153,14 @@ def positive_nll_loss(
     factor that turns the policy loss's micro-batch aggregate into its global share,
     s = agg_loss(1, mask, global) / agg_loss(1, mask, local) (token-mean:
     N_micro * dp_size / batch_num_tokens; seq-mean-*: B_micro * dp_size / global_batch_size).
-    Without global information s = 1, the authors' formula as is. docs/algorithm.md
-    ("Positive-sample NLL term") derives it.
+    Without global information s = 1, the authors' formula as is.
+
+    mini_batch_positives=(positive tokens, positive responses) of the whole mini-batch over all
+    data-parallel ranks selects the "global" normalisation instead: verl's agg_loss over the
+    micro-batch's positive rows with those counts as its global totals, so the micro-batches'
+    terms add up to one aggregate over every positive token of the mini-batch (token-mean: the
+    sum over the micro-batch's positive tokens / P_global * dp_size), whatever the micro-batching.
+    docs/algorithm.md ("Positive-sample NLL term") derives both.
 
     log_prob keeps its graph (the term's gradient is the point); ERC's gate never touches it.
     Returns a scalar; 0 (no graph) when the micro-batch has no positive response tokens.
@@ -138,10 +172,21 @@ def positive_nll_loss(
     pos_mask = mask[positive]
     if not bool(pos_mask.any()):
         return torch.zeros((), dtype=torch.float32, device=log_prob.device)
+    info = dict(global_batch_info or {})
+    if mini_batch_positives is not None:
+        tokens, responses = (float(v) for v in mini_batch_positives)
+        return agg_loss(
+            loss_mat=-log_prob[positive],
+            loss_mask=pos_mask,
+            loss_agg_mode=loss_agg_mode,
+            dp_size=int(info.get("dp_size", 1) or 1),
+            batch_num_tokens=tokens,
+            global_batch_size=responses,
+            loss_scale_factor=info.get("loss_scale_factor"),
+        )
     # The authors' agg_loss over the positive rows of the micro-batch (verl's agg_loss without
     # global information is the micro-batch-local aggregate).
     local = agg_loss(loss_mat=-log_prob[positive], loss_mask=pos_mask, loss_agg_mode=loss_agg_mode)
-    info = dict(global_batch_info or {})
     if not loss_sum_aggregation(info):
         return local
     with torch.no_grad():
@@ -159,16 +204,36 @@ def positive_nll_coeff(policy_loss_config) -> float:
     return float(policy_loss_config.get("positive_nll_coeff", 0.0) or 0.0)
 
 
-def positive_nll_term(config, log_prob, response_mask, token_level_rewards, loss_agg_mode, global_batch_info=None):
+GLOBAL_NORM_UNAVAILABLE = (
+    "policy_loss.positive_nll_norm=global needs the positive-token count of the whole mini-batch over "
+    "all data-parallel ranks, which only erc_verl's runtime plumbing of stock verl 0.9.1's FSDP engine "
+    "computes (not a patched verl tree, not a direct call without mini_batch_positives). Fix: set "
+    "actor_rollout_ref.actor.policy_loss.positive_nll_norm=micro (the authors' normalisation)."
+)
+
+
+def positive_nll_term(
+    config,
+    log_prob,
+    response_mask,
+    token_level_rewards,
+    loss_agg_mode,
+    global_batch_info=None,
+    mini_batch_positives=None,
+):
     """`(coeff * positive_nll_loss(...), metrics)` for one micro-batch, or `(None, {})` with coeff 0.
 
-    config: the actor config (its policy_loss.positive_nll_coeff). token_level_rewards: (bsz, T)
+    config: the actor config (its policy_loss.positive_nll_*). token_level_rewards: (bsz, T)
     rewards of the micro-batch's responses (verl's `token_level_rewards`, or `rm_scores`).
-    The metric `actor/positive_nll` is the term before its coefficient, aggregated like verl's
-    `actor/pg_loss` (SUM of global shares, or MEAN of micro-batch values), so
-    coeff * actor/positive_nll is what the term added to the logged loss.
+    mini_batch_positives: the mini-batch's global positive counts, required by
+    positive_nll_norm=global.
+    Metrics, aggregated like verl's `actor/pg_loss` (SUM of global shares, or MEAN of
+    micro-batch values): `actor/positive_nll`, the term before its coefficient, so
+    coeff * actor/positive_nll is what the term added to the logged loss; and
+    `actor/positive_nll_frac`, the fraction of responses counted positive.
     """
-    coeff = positive_nll_coeff(getattr(config, "policy_loss", None) if config is not None else None)
+    policy_loss = getattr(config, "policy_loss", None) if config is not None else None
+    coeff = positive_nll_coeff(policy_loss)
     if coeff == 0.0:
         return None, {}
     if token_level_rewards is None:
@@ -177,19 +242,37 @@ def positive_nll_term(config, log_prob, response_mask, token_level_rewards, loss
             "(`token_level_rewards` or `rm_scores`), which did not reach it. Set "
             "actor_rollout_ref.actor.policy_loss.positive_nll_coeff=0 for the paper text's objective."
         )
+    global_norm = positive_nll_norm(policy_loss) == "global"
+    if global_norm and mini_batch_positives is None:
+        raise ValueError(GLOBAL_NORM_UNAVAILABLE)
     if global_batch_info is None:
         global_batch_info = _global_batch_info(config)
+    positive = positive_responses(token_level_rewards, *positive_rule(policy_loss))
     term = positive_nll_loss(
-        log_prob, response_mask, positive_responses(token_level_rewards), loss_agg_mode, global_batch_info
+        log_prob,
+        response_mask,
+        positive,
+        loss_agg_mode,
+        global_batch_info,
+        mini_batch_positives if global_norm else None,
     )
-    value = term.detach().item()
-    if loss_sum_aggregation(global_batch_info):
+    # One host transfer for both metrics.
+    value, n_positive = torch.stack(
+        [term.detach().float().reshape(()), positive.sum().float().to(term.device)]
+    ).tolist()
+    responses = global_batch_info.get("global_batch_size")
+    if global_norm or loss_sum_aggregation(global_batch_info):
         from verl.utils.metric import AggregationType, Metric
 
-        metric = Metric(AggregationType.SUM, value)
+        metrics = {"actor/positive_nll": Metric(AggregationType.SUM, value)}
+        if responses:
+            dp_size = int(global_batch_info.get("dp_size", 1) or 1)
+            metrics["actor/positive_nll_frac"] = Metric(AggregationType.SUM, n_positive * dp_size / float(responses))
+        else:
+            metrics["actor/positive_nll_frac"] = n_positive / max(positive.numel(), 1)
     else:
-        metric = value
-    return coeff * term, {"actor/positive_nll": metric}
+        metrics = {"actor/positive_nll": value, "actor/positive_nll_frac": n_positive / max(positive.numel(), 1)}
+    return coeff * term, metrics
 
 
 def compute_policy_loss_gppo(

@@ -116,3 +116,34 @@ class KeepFracFloor:
             "no gradient (the paper's runs keep about 80%). Consider a wider band "
             "(policy_loss.entropy_ratio_low/high), or set policy_loss.keep_frac_floor=0 to silence this."
         )
+
+
+class NoPositiveResponses:
+    """One warning when the positive-sample NLL term is on and none of the first `steps` logged
+    steps had a response counted as positive (actor/positive_nll_frac == 0): the term then adds
+    nothing, usually because a correct answer's reward is not exactly positive_nll_reward
+    (a format bonus, an overlong penalty, a 0/1 reward scaled otherwise). steps 0 disables it."""
+
+    def __init__(self, steps: int, coeff: float, reward: float, compare: str):
+        self.steps, self.coeff, self.reward, self.compare = int(steps), float(coeff), float(reward), compare
+        self.seen = 0
+        self.done = self.steps <= 0
+
+    def observe(self, positive_frac) -> str | None:
+        if self.done or positive_frac is None:
+            return None
+        if float(positive_frac) > 0:
+            self.done = True
+            return None
+        self.seen += 1
+        if self.seen < self.steps:
+            return None
+        self.done = True
+        rule = "==" if self.compare == "eq" else ">="
+        return (
+            f"erc_verl: policy_loss.positive_nll_coeff={self.coeff:g} but no response of the first {self.seen} "
+            f"steps counted as positive (summed token-level reward {rule} {self.reward:g}), so the "
+            "positive-sample NLL term added nothing. If a correct answer's reward differs (a format bonus, "
+            "an overlong penalty), set policy_loss.positive_nll_reward and positive_nll_compare=ge; "
+            "policy_loss.positive_nll_warn_steps=0 silences this."
+        )

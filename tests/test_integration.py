@@ -138,7 +138,7 @@ def test_import_verl_loads_only_the_core_and_the_integration():
         "erc_verl.integration.version",
         "erc_verl.integration.verl_0_9_1",
         "erc_verl.integration.support",
-        "erc_verl.integration.keep_frac",
+        "erc_verl.integration.driver_watch",
         "erc_verl.integration.ulysses_check",
     }
     assert set(found["ours"]) <= allowed, sorted(set(found["ours"]) - allowed)

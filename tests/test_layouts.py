@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
 
 
-def _loss(mode: str) -> dict:
+def _loss(mode: str, **extra) -> dict:
     # A band narrower than the paper's, so that one update of this tiny model cuts some tokens
     # of the second mini-batch and the keep and clip fractions compared below are not all 1 and 0.
     return {
@@ -29,6 +29,7 @@ def _loss(mode: str) -> dict:
         "positive_nll_coeff": 0.1,
         "entropy_ratio_low": 0.999,
         "entropy_ratio_high": 1.001,
+        **extra,
     }
 
 
@@ -38,9 +39,24 @@ CASES = [
     {"name": "dapo_erc-T0.7-padded", "policy_loss": _loss("dapo_erc"), "temperature": 0.7, "layout": "padded"},
     {"name": "gppo_erc-T0.7-nested", "policy_loss": _loss("gppo_erc"), "temperature": 0.7, "layout": "nested"},
     {"name": "gppo_erc-T1-padded", "policy_loss": _loss("gppo_erc"), "temperature": 1.0, "layout": "padded"},
+    {
+        "name": "dapo_erc-T1-nested-global",
+        "policy_loss": _loss("dapo_erc", positive_nll_norm="global"),
+        "temperature": 1.0,
+        "layout": "nested",
+        # SGD: the update is lr * gradient, so parameters compare the gradients linearly. Adam's
+        # first step, g / (|g| + eps), turns float noise on near-zero gradients into ~1e-5 moves.
+        # lr 1.0 moves the tiny model enough for the band to cut tokens of the second mini-batch.
+        "extra_actor": {"optim.optimizer": "SGD", "optim.lr": 1.0},
+    },
 ]
 for _case in CASES:
     _case.update(bsz=16, mini=8, micro=2, seed=3)
+# The positive-sample NLL's two normalisations at another micro-batching and data-parallel size:
+# data parallel 2 with one micro-batch of 4 per rank and mini-batch, against DP1's micro-batches of 2.
+REGROUPED = [
+    dict(case, micro=4) for case in CASES if case["name"] in ("dapo_erc-T1-nested", "dapo_erc-T1-nested-global")
+]
 
 EXACT = ("actor/erc_keep_frac", "actor/erc_clip_frac_low", "actor/erc_clip_frac_high")
 RELATIVE = (
@@ -62,6 +78,11 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(model_dir):
     return {name: run_layout(dp, sp, CASES, model_dir) for name, (dp, sp) in {"DP1": (1, 1), **LAYOUTS}.items()}
+
+
+@pytest.fixture(scope="module")
+def regrouped(model_dir):
+    return run_layout(2, 1, REGROUPED, model_dir)
 
 
 def test_shards_deal_whole_micro_batches_of_each_mini_batch():
@@ -96,3 +117,17 @@ def test_the_runs_are_informative(results):
         metrics = case["metrics"]
         assert 0.0 < metrics["actor/erc_keep_frac"] < 1.0, case["name"]
         assert metrics["actor/positive_nll"] > 0.0, case["name"]
+
+
+def test_global_nll_is_the_same_at_another_micro_batching_and_dp_size_and_micro_is_not(results, regrouped):
+    one = {case["name"]: case for case in results["DP1"]}
+    other = {case["name"]: case for case in regrouped}
+    glob, glob2 = one["dapo_erc-T1-nested-global"], other["dapo_erc-T1-nested-global"]
+    for key in ("actor/pg_loss", "actor/positive_nll"):
+        assert glob2["metrics"][key] == pytest.approx(glob["metrics"][key], rel=1e-5, abs=1e-7), key
+    for pname, value in glob["params"].items():
+        torch.testing.assert_close(glob2["params"][pname], value, rtol=0, atol=1e-6, msg=pname)
+    micro, micro2 = one["dapo_erc-T1-nested"], other["dapo_erc-T1-nested"]
+    nll, nll2 = micro["metrics"]["actor/positive_nll"], micro2["metrics"]["actor/positive_nll"]
+    assert abs(nll2 - nll) > 1e-3 * abs(nll), (nll, nll2)
+    assert max((micro2["params"][n] - v).abs().max().item() for n, v in micro["params"].items()) > 1e-5

@@ -15,7 +15,7 @@ import torch
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
 
 from erc_verl.config import ERCPolicyLossConfig
-from erc_verl.losses import positive_nll_loss, positive_responses
+from erc_verl.losses import positive_counts, positive_nll_loss, positive_responses, positive_rule
 
 BSZ, PROMPT_LEN, RESPONSE_LEN, MICRO = 8, 6, 12, 2
 ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
@@ -45,7 +45,7 @@ def rewards_for(batch, correct):
     return rewards
 
 
-def build(model_dir, loss_mode, coeff, **policy_loss):
+def build(model_dir, loss_mode, coeff, micro=MICRO, **policy_loss):
     return engine_cpu.build_actor_worker(
         model_dir,
         policy_loss={"_target_": ERC_TARGET, "loss_mode": loss_mode, "positive_nll_coeff": coeff, **policy_loss},
@@ -53,7 +53,7 @@ def build(model_dir, loss_mode, coeff, **policy_loss):
         clip_ratio_high=0.28,
         clip_ratio_c=10.0,
         lr=1e-3,
-        micro_batch_size=MICRO,
+        micro_batch_size=micro,
         ppo_mini_batch_size=BSZ,
         clip_grad=1e6,  # keep the raw gradient (compared below); the tiny model's norm is far smaller
     )
@@ -97,9 +97,10 @@ def update(worker, rollout, rewards, field="token_level_rewards", layout="nested
     return metrics, steps[0], reference_model
 
 
-def reference_nll(model, batch, positive):
+def reference_nll(model, batch, positive, norm="micro"):
     """The authors' term, written out: per micro-batch, mean over its positive response tokens of
-    -log p, weighted by the micro-batch's share of the mini-batch's response tokens."""
+    -log p, weighted by the micro-batch's share of the mini-batch's response tokens. norm="global":
+    the mean over every positive response token of the mini-batch."""
     P = batch["prompts"].shape[1]
     model.zero_grad(set_to_none=True)
     logits = model(
@@ -110,7 +111,10 @@ def reference_nll(model, batch, positive):
     mask = batch["response_mask"].bool()
     total_tokens = mask.sum()
     value = torch.zeros(())
-    for start in range(0, BSZ, MICRO):
+    if norm == "global":
+        pos_mask = mask & positive.bool().unsqueeze(1)
+        value = -(token_log_prob * pos_mask).sum() / pos_mask.sum()
+    for start in range(0, BSZ, MICRO) if norm == "micro" else ():
         rows = [i for i in range(start, start + MICRO) if positive[i]]
         n_micro = mask[start : start + MICRO].sum()
         if not rows:
@@ -282,3 +286,121 @@ def test_the_authors_term_depends_on_which_responses_share_a_micro_batch(model_d
     second, _, _ = update(build(model_dir, "vanilla", COEFF), regrouped, rewards[order])
     assert second["actor/pg_loss"] == pytest.approx(first["actor/pg_loss"], rel=1e-5)
     assert abs(second["actor/positive_nll"] - first["actor/positive_nll"]) > 1e-3 * abs(first["actor/positive_nll"])
+
+
+# ---- positive_nll_norm=global: one mean over the mini-batch's positive tokens ------------------
+
+
+def test_global_norm_is_the_mean_over_the_mini_batchs_positive_tokens(model_dir, rollout):
+    batch, _ = rollout
+    rewards = rewards_for(batch, CORRECT)
+    _, base_grads, _ = update(build(model_dir, "vanilla", 0.0), rollout, rewards)
+    metrics, grads, model = update(build(model_dir, "vanilla", COEFF, positive_nll_norm="global"), rollout, rewards)
+    value, ref_grads = reference_nll(model, batch, positive_responses(rewards), norm="global")
+    assert metrics["actor/positive_nll"] == pytest.approx(value, rel=1e-5)
+    assert metrics["actor/positive_nll_frac"] == pytest.approx(len(CORRECT) / BSZ)
+    assert_grad_equals(grads, ref_grads, scale=COEFF, baseline=base_grads)
+    micro_value, _ = reference_nll(model, batch, positive_responses(rewards))
+    assert abs(micro_value - value) > 1e-3 * value  # this batch tells the two apart
+
+
+def test_global_norm_is_independent_of_the_micro_batching_and_micro_is_not(model_dir, rollout):
+    """The same responses regrouped and cut into micro-batches of 4 instead of 2: "global" trains
+    the same objective (equal term, equal gradient); "micro", the authors', does not."""
+    batch, advantages = rollout
+    rewards = rewards_for(batch, CORRECT)
+    order = torch.tensor([0, 3, 4, 5, 1, 2, 6, 7])
+    regrouped = (batch[order], advantages[order])
+    runs = {}
+    for norm in ("global", "micro"):
+        first = update(build(model_dir, "vanilla", COEFF, positive_nll_norm=norm), rollout, rewards)
+        second = update(build(model_dir, "vanilla", COEFF, micro=4, positive_nll_norm=norm), regrouped, rewards[order])
+        runs[norm] = (first, second)
+    (g1, gg1, _), (g2, gg2, _) = runs["global"]
+    assert g2["actor/pg_loss"] == pytest.approx(g1["actor/pg_loss"], rel=1e-5)
+    assert g2["actor/positive_nll"] == pytest.approx(g1["actor/positive_nll"], rel=1e-5)
+    for name, grad in gg1.items():
+        torch.testing.assert_close(gg2[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    (m1, _, _), (m2, _, _) = runs["micro"]
+    assert abs(m2["actor/positive_nll"] - m1["actor/positive_nll"]) > 1e-3 * abs(m1["actor/positive_nll"])
+
+
+def test_global_norm_without_the_mini_batch_counts_is_refused():
+    from types import SimpleNamespace
+
+    from erc_verl.losses import positive_nll_term
+
+    config = SimpleNamespace(
+        policy_loss=ERCPolicyLossConfig(positive_nll_coeff=0.1, positive_nll_norm="global"), global_batch_info={}
+    )
+    mask = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="positive_nll_norm=micro"):
+        positive_nll_term(config, -torch.rand(2, 3), mask, torch.ones(2, 3) / 3, "token-mean")
+    term, metrics = positive_nll_term(
+        config, -torch.rand(2, 3), mask, torch.tensor([[0, 0, 1.0], [0, 0, 0]]), "token-mean", {}, (6.0, 2.0)
+    )
+    assert term.item() > 0 and metrics["actor/positive_nll_frac"] == 0.5
+
+
+def test_global_terms_of_any_micro_batching_add_up_to_one_mean():
+    torch.manual_seed(1)
+    log_prob = -torch.rand(6, 5)
+    mask = torch.rand(6, 5) > 0.3
+    mask[:, 0] = True
+    positive = torch.tensor([True, False, True, True, False, True])
+    whole = -(log_prob * (mask & positive.unsqueeze(1))).sum() / (mask & positive.unsqueeze(1)).sum()
+    counts = positive_counts(mask, positive)
+    assert counts.tolist() == [float((mask & positive.unsqueeze(1)).sum()), 4.0]
+    for cuts in ([0, 6], [0, 2, 4, 6], [0, 1, 3, 6]):
+        total = sum(
+            positive_nll_loss(log_prob[a:b], mask[a:b], positive[a:b], "token-mean", {}, tuple(counts))
+            for a, b in zip(cuts, cuts[1:], strict=False)
+        )
+        assert float(total) == pytest.approx(whole.item(), rel=1e-6), cuts
+    # seq-mean-token-mean: the mean over positive responses of their token means
+    seq = [-(log_prob[i][mask[i]]).mean() for i in range(6) if positive[i]]
+    got = sum(
+        positive_nll_loss(log_prob[a:b], mask[a:b], positive[a:b], "seq-mean-token-mean", {}, tuple(counts))
+        for a, b in ((0, 3), (3, 6))
+    )
+    assert float(got) == pytest.approx((sum(seq) / 4).item(), rel=1e-6)
+
+
+# ---- what counts as positive ----------------------------------------------------------------------
+
+
+def test_positive_threshold_counts_a_format_bonus_or_an_overlong_penalty():
+    rewards = torch.tensor([[0, 0, 1.1], [0, 0, 1.0], [0, 0, 0.8], [0, 0, -1.0]])
+    assert positive_responses(rewards).tolist() == [False, True, False, False]  # the authors' == 1.0
+    assert positive_responses(rewards, 1.0, "ge").tolist() == [True, True, False, False]
+    assert positive_responses(rewards, 0.5, "ge").tolist() == [True, True, True, False]
+    assert positive_rule(ERCPolicyLossConfig(positive_nll_reward=0.5, positive_nll_compare="ge")) == (0.5, "ge")
+    assert positive_rule(None) == (1.0, "eq")
+
+
+@pytest.mark.parametrize(
+    "field,bad",
+    [
+        ("positive_nll_norm", "mini"),
+        ("positive_nll_compare", ">="),
+        ("positive_nll_reward", float("nan")),
+        ("positive_nll_warn_steps", -1),
+        ("positive_nll_warn_steps", 1.5),
+    ],
+)
+def test_positive_nll_settings_are_validated(field, bad):
+    with pytest.raises(ValueError, match=field):
+        ERCPolicyLossConfig(**{field: bad})
+
+
+def test_threshold_reaches_the_update(model_dir, rollout):
+    """A correct answer scored 1.1 (a format bonus): the authors' == 1.0 finds no positive response,
+    positive_nll_compare=ge finds them."""
+    batch, _ = rollout
+    rewards = rewards_for(batch, CORRECT) * 1.1
+    eq, _, _ = update(build(model_dir, "vanilla", COEFF), rollout, rewards)
+    ge, _, model = update(build(model_dir, "vanilla", COEFF, positive_nll_compare="ge"), rollout, rewards)
+    assert eq["actor/positive_nll"] == 0.0 and eq["actor/positive_nll_frac"] == 0.0
+    assert ge["actor/positive_nll_frac"] == pytest.approx(len(CORRECT) / BSZ)
+    value, _ = reference_nll(model, batch, positive_responses(rewards, 1.0, "ge"))
+    assert ge["actor/positive_nll"] == pytest.approx(value, rel=1e-5)

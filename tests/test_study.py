@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "erc_dynamics_cpu.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import erc_dynamics_cpu as study  # noqa: E402
 from dynamics import report  # noqa: E402
 
 VARIANTS = {"vanilla", "dapo_erc", "random_drop", "gppo", "gppo_erc"}
@@ -127,3 +128,41 @@ def test_quick_study_runs_and_its_invariants_hold(tmp_path):
     md = (out / "erc_dynamics_cpu.md").read_text()
     assert "## Setting `base`" in md and "mean ± std" in md
     assert (out / "erc_dynamics_cpu_base.png").stat().st_size > 1000
+    assert "10 run(s) on the 2-core CPU machine, 1 process(es) x 2 torch thread(s)" in md
+    # Rebuilt from the records by another invocation: the header still names how the runs were made.
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--report-only",
+            "--jobs",
+            "3",
+            "--threads",
+            "5",
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rebuilt = (out / "erc_dynamics_cpu.md").read_text()
+    assert "1 process(es) x 2 torch thread(s)" in rebuilt and "x 5 torch" not in rebuilt
+
+
+def test_the_report_names_each_invocation_from_its_records():
+    first = dict(_record("vanilla", [0.5]), wall_s=60.0)
+    first["run"] = dict(
+        invocation="A", machine="box", threads=1, jobs=2, python="3.11", finished="2026-12-01 10:00 UTC"
+    )
+    second = dict(_record("dapo_erc", [0.5]), wall_s=120.0)
+    second["run"] = dict(
+        invocation="B", machine="box", threads=2, jobs=1, python="3.11", finished="2026-12-02 09:00 UTC"
+    )
+    legacy = dict(_record("gppo", [0.5]), wall_s=30.0)
+    line = study.provenance([first, second, legacy])
+    assert "1 run(s) on box, 2 process(es) x 1 torch thread(s)" in line and "1.0 min" in line
+    assert "1 process(es) x 2 torch thread(s)" in line and "finished 2026-12-02 09:00 UTC" in line
+    assert "1 run(s) without a recorded machine or invocation (0.5 min" in line

@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import erc_verl  # noqa: F401  (installs the hooks)
-from erc_verl.integration import dynamic_sampling, keep_frac, support, verl_0_9_1
-from erc_verl.metrics import KeepFracFloor
+from erc_verl.integration import driver_watch, dynamic_sampling, support, verl_0_9_1
+from erc_verl.metrics import KeepFracFloor, NoPositiveResponses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,12 +226,64 @@ def test_keep_frac_floor_on_the_trainers_logger(caplog):
     tracker = Tracking(project_name="p", experiment_name="e", default_backend=[], config=cfg)
     with caplog.at_level(logging.WARNING, logger="erc_verl"):
         for step, value in enumerate((0.7, 0.5, 0.55, 0.4)):
-            data = {keep_frac.KEY: value, "actor/pg_loss": 1.0}
+            data = {driver_watch.KEY: value, "actor/pg_loss": 1.0}
             tracker.log(data=data, step=step)
-            assert data == {keep_frac.KEY: value, "actor/pg_loss": 1.0}
+            assert data == {driver_watch.KEY: value, "actor/pg_loss": 1.0}
     warnings = [r.getMessage() for r in caplog.records if r.name == "erc_verl"]
     assert len(warnings) == 1 and "0.500, 0.550" in warnings[0]
     plain = Tracking(
         project_name="p", experiment_name="e", default_backend=[], config=OmegaConf.to_container(whole(PLAIN))
     )
-    assert plain._erc_verl_keep_frac is None
+    assert all(watch is None for watch in plain._erc_verl_watches.values())
+
+
+# ---- no positive response for the positive-sample NLL -------------------------------------------
+
+
+def test_no_positive_response_warns_once_in_the_first_steps():
+    watch = NoPositiveResponses(steps=3, coeff=0.1, reward=1.0, compare="eq")
+    assert [watch.observe(v) for v in (0.0, 0.0)] == [None, None]
+    message = watch.observe(0.0)
+    assert "first 3 steps" in message and "== 1" in message and "positive_nll_compare=ge" in message
+    assert watch.observe(0.0) is None  # once
+    early = NoPositiveResponses(steps=3, coeff=0.1, reward=1.0, compare="eq")
+    assert [early.observe(v) for v in (0.0, 0.25, 0.0, 0.0, 0.0)] == [None] * 5  # a positive was seen
+    assert NoPositiveResponses(0, 0.1, 1.0, "eq").observe(0.0) is None  # 0 disables
+
+
+def test_no_positive_response_on_the_trainers_logger(caplog):
+    from verl.utils.tracking import Tracking
+
+    key = driver_watch.POSITIVE_KEY
+    cfg = OmegaConf.to_container(
+        whole(
+            {
+                **ERC,
+                "positive_nll_coeff": 0.1,
+                "positive_nll_reward": 1.1,
+                "positive_nll_compare": "ge",
+                "positive_nll_warn_steps": 2,
+            }
+        )
+    )
+    tracker = Tracking(project_name="p", experiment_name="e", default_backend=[], config=cfg)
+    with caplog.at_level(logging.WARNING, logger="erc_verl"):
+        for step in range(3):
+            tracker.log(data={key: 0.0}, step=step)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "erc_verl"]
+    assert len(warnings) == 1 and ">= 1.1" in warnings[0] and "first 2 steps" in warnings[0]
+    off = Tracking(project_name="p", experiment_name="e", default_backend=[], config=OmegaConf.to_container(whole(ERC)))
+    assert off._erc_verl_watches[key] is None  # positive_nll_coeff 0: nothing to watch
+
+
+def test_global_nll_is_refused_on_a_patched_tree_only(monkeypatch):
+    from erc_verl.integration import version
+
+    actor = {"strategy": "fsdp2", "policy_loss": {**ERC, "positive_nll_coeff": 0.1, "positive_nll_norm": "global"}}
+    monkeypatch.setattr(version, "tree_is_patched", lambda: False)
+    assert support.global_nll_problem(actor) is None
+    monkeypatch.setattr(version, "tree_is_patched", lambda: True)
+    assert "positive_nll_norm=micro" in support.global_nll_problem(actor)
+    assert any("positive_nll_norm=micro" in p for p in support.problems(whole(actor["policy_loss"])))
+    micro = {**actor, "policy_loss": {**actor["policy_loss"], "positive_nll_norm": "micro"}}
+    assert support.global_nll_problem(micro) is None

@@ -53,7 +53,7 @@ def install() -> None:
         from ..cpu.platform import install_if_selected
 
         install_if_selected()
-    from . import keep_frac, verl_0_9_1
+    from . import driver_watch, verl_0_9_1
 
     verl_0_9_1.install()
-    keep_frac.install()
+    driver_watch.install()

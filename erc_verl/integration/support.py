@@ -110,7 +110,21 @@ def erc_base_problem(actor_cfg) -> str | None:
     )
 
 
-ACTOR_RULES = (engine_problem, fused_kernels_problem, erc_base_problem)
+def global_nll_problem(actor_cfg) -> str | None:
+    """positive_nll_norm=global needs the mini-batch counts that only the runtime plumbing computes."""
+    policy_loss = _get(actor_cfg, "policy_loss")
+    if not _positive_nll(policy_loss) or str(_get(policy_loss, "positive_nll_norm", "micro")) != "global":
+        return None
+    from .version import tree_is_patched
+
+    if not tree_is_patched():
+        return None
+    from ..losses import GLOBAL_NORM_UNAVAILABLE
+
+    return GLOBAL_NORM_UNAVAILABLE
+
+
+ACTOR_RULES = (engine_problem, fused_kernels_problem, erc_base_problem, global_nll_problem)
 
 
 def actor_problems(actor_cfg) -> list[str]:
@@ -174,6 +188,7 @@ RULES = (
     _on_actor(engine_problem),
     _on_actor(fused_kernels_problem),
     _on_actor(erc_base_problem),
+    _on_actor(global_nll_problem),
     async_trainer_problem,
     bypass_problem,
     v0_trainer_problem,

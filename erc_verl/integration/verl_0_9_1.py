@@ -7,6 +7,7 @@ Touch-points, each a wrapper that calls verl's own function (nothing in verl's f
 | workers/utils/losses.py (+ engine_workers) | ppo_loss                              | feed H_cur/H_old to the ERC losses; monitor metrics for baselines; positive-sample NLL term |
 | workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_step     | update: ask for the gate entropy when the loss wants it |
+| workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_backward_batch | update: the mini-batch's positive counts (positive_nll_norm=global) |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.prepare_model_outputs | compute that entropy under no_grad, before the log-prob kernel |
 | trainer/ppo/ray_trainer.py (v0 trainer)    | RayPPOTrainer._compute_old_log_prob, fit | keep H_old (fit() pops `entropys`); refuse a recipe whose dynamic sampling v0 would drop |
 
@@ -166,20 +167,72 @@ def add_positive_nll(config, model_output, data, loss, metrics):
 
     if not positive_nll_coeff(config.policy_loss):
         return loss, metrics
+    from verl.utils import tensordict_utils as tu
     from verl.utils.metric import AggregationType, Metric
     from verl.workers.utils.padding import no_padding_2_padding
 
-    rewards = next((r for r in (_padded_response_field(data, key) for key in REWARD_FIELDS) if r is not None), None)
+    rewards = _rewards(data)
     log_prob = no_padding_2_padding(model_output["log_probs"], data)
     response_mask = _padded_response_field(data, "response_mask")
+    counts = tu.get_non_tensor_data(data=data, key=POSITIVES_KEY, default=None)
     # ppo_loss has just set config.global_batch_info for this micro-batch.
     term, extra = positive_nll_term(
-        config, log_prob, response_mask, rewards, config.loss_agg_mode, dict(config.global_batch_info)
+        config, log_prob, response_mask, rewards, config.loss_agg_mode, dict(config.global_batch_info), counts
     )
     metrics.update(
         {k: v if isinstance(v, Metric) else Metric(value=v, aggregation=AggregationType.MEAN) for k, v in extra.items()}
     )
     return loss + term.to(loss.dtype), metrics
+
+
+def _rewards(data):
+    return next((r for r in (_padded_response_field(data, key) for key in REWARD_FIELDS) if r is not None), None)
+
+
+# Non-tensor entry of an update mini-batch (and so of its micro-batches): (positive tokens,
+# positive responses) over the whole mini-batch and every data-parallel rank, for
+# positive_nll_norm=global.
+POSITIVES_KEY = "erc_verl_mini_batch_positives"
+
+
+def _wants_global_positives(config) -> bool:
+    from ..losses import positive_nll_coeff, positive_nll_norm
+
+    policy_loss = config.get("policy_loss") if config is not None else None
+    return positive_nll_coeff(policy_loss) > 0 and positive_nll_norm(policy_loss) == "global"
+
+
+def make_forward_backward_batch(verl_forward_backward_batch):
+    """Update: count the mini-batch's positive tokens and responses over all data-parallel ranks,
+    beside verl's own batch_num_tokens, when positive_nll_norm=global (one all-reduce per mini-batch)."""
+
+    @functools.wraps(verl_forward_backward_batch)
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        config = _actor_config(loss_function)
+        if not forward_only and _wants_global_positives(config):
+            from verl.utils import tensordict_utils as tu
+            from verl.utils.device import get_device_id
+
+            from ..losses import positive_counts, positive_responses, positive_rule
+
+            rewards = _rewards(data)
+            if rewards is None:
+                from ..losses import positive_nll_coeff
+
+                raise ValueError(
+                    f"policy_loss.positive_nll_coeff={positive_nll_coeff(config.policy_loss)} needs each "
+                    "response's reward in the actor update (`token_level_rewards` or `rm_scores`), which did "
+                    "not reach it. Set actor_rollout_ref.actor.policy_loss.positive_nll_coeff=0 for the paper "
+                    "text's objective."
+                )
+            positive = positive_responses(rewards, *positive_rule(config.policy_loss))
+            counts = positive_counts(_padded_response_field(data, "response_mask"), positive).to(get_device_id())
+            torch.distributed.all_reduce(counts, group=self.get_data_parallel_group())
+            tu.assign_non_tensor(data, **{POSITIVES_KEY: tuple(counts.tolist())})
+        return verl_forward_backward_batch(self, data, loss_function=loss_function, forward_only=forward_only)
+
+    setattr(forward_backward_batch, _INSTALLED, True)
+    return forward_backward_batch
 
 
 def _actor_config(loss_function):
@@ -408,6 +461,7 @@ def _patch_engine_workers(module) -> None:
 
 def _patch_fsdp_engine(module) -> None:
     _wrap(module.FSDPEngineWithLMHead, "forward_step", make_forward_step)
+    _wrap(module.FSDPEngineWithLMHead, "forward_backward_batch", make_forward_backward_batch)
     _wrap(module.FSDPEngineWithLMHead, "prepare_model_outputs", make_prepare_model_outputs)
 
 

@@ -107,7 +107,11 @@ def _child(rank: int, world: int, port: int, dp: int, sp: int, model_dir: str, c
                 ppo_mini_batch_size=case["mini"],
                 use_remove_padding=True,  # verl requires it with Ulysses > 1; the same in every layout
                 lr=1e-2,
-                extra_actor={"ulysses_sequence_parallel_size": sp, "fsdp_config.ulysses_sequence_parallel_size": sp},
+                extra_actor={
+                    "ulysses_sequence_parallel_size": sp,
+                    "fsdp_config.ulysses_sequence_parallel_size": sp,
+                    **case.get("extra_actor", {}),
+                },
             )
             torch.manual_seed(0)
             batch, advantages, rewards = _rollout(case)

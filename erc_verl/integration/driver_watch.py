@@ -1,0 +1,83 @@
+"""Driver side: two warnings read off the logged metrics of an ERC run (erc_verl.metrics).
+
+- KeepFracFloor: actor/erc_keep_frac under policy_loss.keep_frac_floor for several steps;
+- NoPositiveResponses: actor/positive_nll_frac 0 in the first steps of a run with the
+  positive-sample NLL term.
+verl's trainers log every step's reduced metrics through verl.utils.tracking.Tracking.log, built
+with the run's whole config; that is the one place where a step's value is known for the whole
+mini-batch, across ranks. The wrappers only read: the data logged is passed on unchanged.
+"""
+
+import functools
+import logging
+
+from .hooks import after_import
+
+_INSTALLED = "_erc_verl_driver_watch"
+KEY = "actor/erc_keep_frac"
+POSITIVE_KEY = "actor/positive_nll_frac"
+
+
+def watch_from_config(config):
+    """A KeepFracFloor for an ERC loss mode's config (dict or DictConfig), else None."""
+    from ..metrics import KeepFracFloor
+    from .registry import is_erc_mode
+    from .support import _get
+
+    policy_loss = _get(config, "actor_rollout_ref.actor.policy_loss")
+    if policy_loss is None or not is_erc_mode(policy_loss):
+        return None
+    floor = float(_get(policy_loss, "keep_frac_floor", 0.5))
+    steps = int(_get(policy_loss, "keep_frac_floor_steps", 5))
+    low = float(_get(policy_loss, "entropy_ratio_low", 0.95))
+    high = float(_get(policy_loss, "entropy_ratio_high", 1.05))
+    return KeepFracFloor(floor, steps, low, high) if floor > 0 else None
+
+
+def positive_watch_from_config(config):
+    """A NoPositiveResponses for a config with the positive-sample NLL term on, else None."""
+    from ..losses import POSITIVE_REWARD
+    from ..metrics import NoPositiveResponses
+    from .support import _get
+
+    policy_loss = _get(config, "actor_rollout_ref.actor.policy_loss")
+    coeff = float(_get(policy_loss, "positive_nll_coeff", 0.0) or 0.0) if policy_loss is not None else 0.0
+    steps = int(_get(policy_loss, "positive_nll_warn_steps", 3)) if policy_loss is not None else 0
+    if coeff <= 0 or steps <= 0:
+        return None
+    reward = float(_get(policy_loss, "positive_nll_reward", POSITIVE_REWARD))
+    return NoPositiveResponses(steps, coeff, reward, str(_get(policy_loss, "positive_nll_compare", "eq")))
+
+
+def _patch_tracking(module) -> None:
+    cls = module.Tracking
+    if getattr(cls.__init__, _INSTALLED, False):
+        return
+    init, log = cls.__init__, cls.log
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        config = kwargs.get("config", args[3] if len(args) > 3 else None)
+        self._erc_verl_watches = (
+            {KEY: watch_from_config(config), POSITIVE_KEY: positive_watch_from_config(config)}
+            if config is not None
+            else {}
+        )
+
+    @functools.wraps(log)
+    def wrapped_log(self, data, step, *args, **kwargs):
+        if isinstance(data, dict):
+            for key, watch in getattr(self, "_erc_verl_watches", {}).items():
+                if watch is not None and key in data:
+                    message = watch.observe(data[key])
+                    if message:
+                        logging.getLogger("erc_verl").warning(message)
+        return log(self, data, step, *args, **kwargs)
+
+    setattr(__init__, _INSTALLED, True)
+    cls.__init__, cls.log = __init__, wrapped_log
+
+
+def install() -> None:
+    after_import("verl.utils.tracking", _patch_tracking)
