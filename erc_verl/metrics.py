@@ -91,10 +91,12 @@ def entropy_ratio_metrics(
 class KeepFracFloor:
     """One warning when actor/erc_keep_frac stays below `floor` for `steps` logged steps in a row.
 
-    The paper's runs keep about 80% of response tokens; a run that keeps under half for several
-    steps trains on a minority of its tokens, a sign that the band is too narrow for the model
-    (or that H_old and H_cur disagree for another reason). floor 0 disables the watch.
+    The paper's runs keep about 80% of response tokens; a run that keeps far less for several
+    steps moves its policy too far per mini-batch for the band (or H_old and H_cur disagree for
+    another reason), and ERC then acts mostly as a token dropper. floor 0 disables the watch.
     """
+
+    DEFAULT_FLOOR = 0.6  # ERCPolicyLossConfig.keep_frac_floor's default, for configs built without it
 
     def __init__(self, floor: float, steps: int, low: float, high: float):
         self.floor, self.steps, self.low, self.high = float(floor), int(steps), float(low), float(high)
@@ -112,9 +114,10 @@ class KeepFracFloor:
         values = ", ".join(f"{v:.3f}" for v in self.run)
         return (
             f"erc_verl: actor/erc_keep_frac stayed below {self.floor:g} for {len(self.run)} steps in a row "
-            f"({values}) with the entropy-ratio band ({self.low:g}, {self.high:g}): most response tokens carry "
-            "no gradient (the paper's runs keep about 80%). Consider a wider band "
-            "(policy_loss.entropy_ratio_low/high), or set policy_loss.keep_frac_floor=0 to silence this."
+            f"({values}) with the entropy-ratio band ({self.low:g}, {self.high:g}); the paper's runs keep "
+            "about 80%. The policy moves too far per mini-batch for this band: lower the learning rate or "
+            "use fewer mini-batches per rollout batch (a wider band cut less but was not more stable in "
+            "docs/erc-at-small-scale.md). policy_loss.keep_frac_floor=0 silences this."
         )
 
 

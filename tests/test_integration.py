@@ -180,3 +180,24 @@ def test_v0_trainer_refuses_a_recipe_whose_dynamic_sampling_it_would_drop():
     Trainer.config.algorithm.filter_groups.enable = False
     fit(Trainer())
     assert ran == [True] and v0_trainer_problem(Trainer.config) is None
+
+
+def test_wrap_replaces_once_and_keeps_verls_function():
+    import types
+
+    from erc_verl.integration import hooks
+
+    def verl_fn(x):
+        return x
+
+    owner = types.SimpleNamespace(__name__="fake_verl_module_for_wrap", fn=verl_fn)
+    calls = []
+
+    def make(current):
+        calls.append(current)
+        return lambda x: current(x) + 1
+
+    assert hooks.wrap(owner, "fn", make, "_erc_verl_test_marker") is True
+    assert hooks.wrap(owner, "fn", make, "_erc_verl_test_marker") is False  # already wrapped: left alone
+    assert owner.fn(1) == 2 and calls == [verl_fn]
+    assert hooks.original("fake_verl_module_for_wrap.fn") is verl_fn

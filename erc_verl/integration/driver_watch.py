@@ -11,7 +11,7 @@ mini-batch, across ranks. The wrappers only read: the data logged is passed on u
 import functools
 import logging
 
-from .hooks import after_import
+from .hooks import after_import, wrap
 
 _INSTALLED = "_erc_verl_driver_watch"
 KEY = "actor/erc_keep_frac"
@@ -27,7 +27,7 @@ def watch_from_config(config):
     policy_loss = _get(config, "actor_rollout_ref.actor.policy_loss")
     if policy_loss is None or not is_erc_mode(policy_loss):
         return None
-    floor = float(_get(policy_loss, "keep_frac_floor", 0.5))
+    floor = float(_get(policy_loss, "keep_frac_floor", KeepFracFloor.DEFAULT_FLOOR))
     steps = int(_get(policy_loss, "keep_frac_floor_steps", 5))
     low = float(_get(policy_loss, "entropy_ratio_low", 0.95))
     high = float(_get(policy_loss, "entropy_ratio_high", 1.05))
@@ -49,15 +49,10 @@ def positive_watch_from_config(config):
     return NoPositiveResponses(steps, coeff, reward, str(_get(policy_loss, "positive_nll_compare", "eq")))
 
 
-def _patch_tracking(module) -> None:
-    cls = module.Tracking
-    if getattr(cls.__init__, _INSTALLED, False):
-        return
-    init, log = cls.__init__, cls.log
-
-    @functools.wraps(init)
+def _make_init(verl_init):
+    @functools.wraps(verl_init)
     def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
+        verl_init(self, *args, **kwargs)
         config = kwargs.get("config", args[3] if len(args) > 3 else None)
         self._erc_verl_watches = (
             {KEY: watch_from_config(config), POSITIVE_KEY: positive_watch_from_config(config)}
@@ -65,18 +60,26 @@ def _patch_tracking(module) -> None:
             else {}
         )
 
-    @functools.wraps(log)
-    def wrapped_log(self, data, step, *args, **kwargs):
+    return __init__
+
+
+def _make_log(verl_log):
+    @functools.wraps(verl_log)
+    def log(self, data, step, *args, **kwargs):
         if isinstance(data, dict):
             for key, watch in getattr(self, "_erc_verl_watches", {}).items():
                 if watch is not None and key in data:
                     message = watch.observe(data[key])
                     if message:
                         logging.getLogger("erc_verl").warning(message)
-        return log(self, data, step, *args, **kwargs)
+        return verl_log(self, data, step, *args, **kwargs)
 
-    setattr(__init__, _INSTALLED, True)
-    cls.__init__, cls.log = __init__, wrapped_log
+    return log
+
+
+def _patch_tracking(module) -> None:
+    wrap(module.Tracking, "__init__", _make_init, _INSTALLED)
+    wrap(module.Tracking, "log", _make_log, _INSTALLED)
 
 
 def install() -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 
-from .hooks import after_import
+from .hooks import after_import, wrap
 
 DEFAULT_MAX_FILTERED_BATCHES = 20
 
@@ -88,15 +88,10 @@ def bound_replay_buffer(buffer, limit: int, source: str, metric: str | None):
     return buffer
 
 
-def _patch_trainer_base(module) -> None:
-    cls = module.PPOTrainer
-    original = cls._build_replay_buffer
-    if getattr(original, "_erc_verl_bounded", False):
-        return
-
-    @functools.wraps(original)
+def _make_build_replay_buffer(verl_build_replay_buffer):
+    @functools.wraps(verl_build_replay_buffer)
     def _build_replay_buffer(self):
-        buffer = original(self)
+        buffer = verl_build_replay_buffer(self)
         poll = os.environ.get("ERC_VERL_REPLAY_POLL_S", "").strip()
         if poll and hasattr(buffer, "poll_interval"):
             # verl polls TransferQueue every 2 s while a batch fills (ReplayBuffer.poll_interval,
@@ -111,8 +106,11 @@ def _patch_trainer_base(module) -> None:
         limit, source = filtered_group_limit(self.config)
         return bound_replay_buffer(buffer, limit, source, buffer.filter_groups_metric)
 
-    _build_replay_buffer._erc_verl_bounded = True
-    cls._build_replay_buffer = _build_replay_buffer
+    return _build_replay_buffer
+
+
+def _patch_trainer_base(module) -> None:
+    wrap(module.PPOTrainer, "_build_replay_buffer", _make_build_replay_buffer, "_erc_verl_bounded")
 
 
 def install() -> None:

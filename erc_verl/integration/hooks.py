@@ -78,3 +78,35 @@ def after_import(name: str, patch) -> None:
         module = sys.modules.get(name)
     if module is not None:
         patch(module)
+
+
+# verl's own objects as found before erc_verl wrapped them, by "module.attr" / "module.Class.attr".
+_ORIGINALS: dict[str, object] = {}
+
+
+def _owner_name(owner) -> str:
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__qualname__}"
+    return getattr(owner, "__name__", repr(owner))
+
+
+def wrap(owner, name: str, make, marker: str) -> bool:
+    """Set owner.name = make(current) and mark the wrapper, unless current already carries `marker`.
+
+    The one way erc_verl replaces a verl function or method: idempotent (a re-import, a second
+    install or a second patch of a subclass that inherits the wrapper leaves it alone), and verl's
+    own object stays reachable through original(). Returns whether it wrapped.
+    """
+    current = getattr(owner, name)
+    if getattr(current, marker, False):
+        return False
+    wrapper = make(current)
+    setattr(wrapper, marker, True)
+    _ORIGINALS.setdefault(f"{_owner_name(owner)}.{name}", current)
+    setattr(owner, name, wrapper)
+    return True
+
+
+def original(dotted: str):
+    """verl's object that wrap() replaced at `dotted` ("verl.workers.utils.losses.ppo_loss"), or None."""
+    return _ORIGINALS.get(dotted)

@@ -18,7 +18,7 @@ passes it on as `erc_sample`, for `rollout.name=hf` only; other backends see no 
 import contextvars
 import functools
 
-from .hooks import after_import
+from .hooks import after_import, wrap
 
 _SESSION = contextvars.ContextVar("erc_verl_hf_session", default=None)
 
@@ -42,39 +42,38 @@ def _register_adapter(module) -> None:
     module._ROLLOUT_REGISTRY.setdefault((ROLLOUT_NAME, "async"), ADAPTER_FQN)
 
 
-def _wrap_agent_loop_run(module) -> None:
-    cls = module.SingleTurnAgentLoop
-    original = cls.run
-    if getattr(original, "_erc_verl_session", False):
-        return
+_SESSION_MARKER = "_erc_verl_session"
 
-    @functools.wraps(original)
+
+def _make_agent_loop_run(verl_run):
+    @functools.wraps(verl_run)
     async def run(self, sampling_params, *args, **kwargs):
         token = _SESSION.set(kwargs.get("session_id"))
         try:
-            return await original(self, sampling_params, *args, **kwargs)
+            return await verl_run(self, sampling_params, *args, **kwargs)
         finally:
             _SESSION.reset(token)
 
-    run._erc_verl_session = True
-    cls.run = run
+    return run
 
 
-def _wrap_server_client(module) -> None:
-    cls = module.LLMServerClient
-    original = cls.generate
-    if getattr(original, "_erc_verl_session", False):
-        return
-
-    @functools.wraps(original)
+def _make_server_generate(verl_generate):
+    @functools.wraps(verl_generate)
     async def generate(self, request_id, **kwargs):
         session = _SESSION.get()
         if session is not None and self.config.actor_rollout_ref.rollout.name == ROLLOUT_NAME:
             kwargs.setdefault("erc_sample", int(session))
-        return await original(self, request_id, **kwargs)
+        return await verl_generate(self, request_id, **kwargs)
 
-    generate._erc_verl_session = True
-    cls.generate = generate
+    return generate
+
+
+def _wrap_agent_loop_run(module) -> None:
+    wrap(module.SingleTurnAgentLoop, "run", _make_agent_loop_run, _SESSION_MARKER)
+
+
+def _wrap_server_client(module) -> None:
+    wrap(module.LLMServerClient, "generate", _make_server_generate, _SESSION_MARKER)
 
 
 def register_hf_rollout() -> None:

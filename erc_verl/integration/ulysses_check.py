@@ -64,21 +64,22 @@ class UlyssesAttentionError(ValueError):
     pass
 
 
-def _wrap_init_model(cls) -> None:
-    original = cls.init_model
-    if getattr(original, "_erc_verl_ulysses_check", False):
-        return
-
+def _make_init_model(verl_init_model):
     # functools.wraps also copies verl's @register dispatch attributes onto the wrapper.
-    @functools.wraps(original)
+    @functools.wraps(verl_init_model)
     def init_model(self, *args, **kwargs):
         problem = ulysses_attention_problem(self.config)
         if problem is not None and _uses_erc(self.config):
             raise UlyssesAttentionError(f"erc_verl: {problem}")
-        return original(self, *args, **kwargs)
+        return verl_init_model(self, *args, **kwargs)
 
-    init_model._erc_verl_ulysses_check = True
-    cls.init_model = init_model
+    return init_model
+
+
+def _wrap_init_model(cls) -> None:
+    from .hooks import wrap
+
+    wrap(cls, "init_model", _make_init_model, "_erc_verl_ulysses_check")
 
 
 def _uses_erc(actor_rollout_ref) -> bool:

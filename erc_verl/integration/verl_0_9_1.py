@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from .hooks import after_import
+from .hooks import after_import, original, wrap
 from .registry import is_erc_mode, loss_wants_entropy
 
 _INSTALLED = "_erc_verl_plumbing"
@@ -149,7 +149,6 @@ def make_ppo_loss(verl_ppo_loss):
         loss, metrics = entropy_ppo_loss(config, model_output, data, dp_group)
         return add_positive_nll(config, model_output, data, loss, metrics)
 
-    setattr(ppo_loss, _INSTALLED, True)
     return ppo_loss
 
 
@@ -231,7 +230,6 @@ def make_forward_backward_batch(verl_forward_backward_batch):
             tu.assign_non_tensor(data, **{POSITIVES_KEY: tuple(counts.tolist())})
         return verl_forward_backward_batch(self, data, loss_function=loss_function, forward_only=forward_only)
 
-    setattr(forward_backward_batch, _INSTALLED, True)
     return forward_backward_batch
 
 
@@ -257,7 +255,6 @@ def make_infer_batch(verl_infer_batch):
             tu.assign_non_tensor(data, **{GATE_FLAG: "old"})
         return verl_infer_batch(self, data, *args, **kwargs)
 
-    setattr(infer_batch, _INSTALLED, True)
     return infer_batch
 
 
@@ -272,7 +269,6 @@ def make_forward_step(verl_forward_step):
             tu.assign_non_tensor(micro_batch, **{GATE_FLAG: "update"})
         return verl_forward_step(self, micro_batch, loss_function=loss_function, forward_only=forward_only)
 
-    setattr(forward_step, _INSTALLED, True)
     return forward_step
 
 
@@ -368,7 +364,6 @@ def make_prepare_model_outputs(verl_prepare_model_outputs):
         model_output[GATE_KEY] = gate_entropy
         return model_output
 
-    setattr(prepare_model_outputs, _INSTALLED, True)
     return prepare_model_outputs
 
 
@@ -383,7 +378,6 @@ def make_v0_compute_old_log_prob(verl_compute_old_log_prob):
             old_log_prob.batch["entropy"] = old_log_prob.batch["entropys"].clone()
         return old_log_prob, mfu
 
-    setattr(_compute_old_log_prob, _INSTALLED, True)
     return _compute_old_log_prob
 
 
@@ -398,31 +392,23 @@ def make_v0_fit(verl_fit):
             raise ValueError(problem)
         return verl_fit(self, *args, **kwargs)
 
-    setattr(fit, _INSTALLED, True)
     return fit
 
 
-# verl's own ppo_loss as found before wrapping: a module still holding it bypasses the feed.
-_ORIGINALS: dict = {}
-
-
 def _wrap(owner, name: str, make) -> None:
-    current = getattr(owner, name)
-    if not getattr(current, _INSTALLED, False):
-        _ORIGINALS.setdefault(f"{getattr(owner, '__name__', owner)}.{name}", current)
-        setattr(owner, name, make(current))
+    wrap(owner, name, make, _INSTALLED)
 
 
 def stale_ppo_loss_bindings() -> list[str]:
     """Modules whose `ppo_loss` is still verl's unwrapped function (bound before erc_verl wrapped it)."""
-    original = _ORIGINALS.get("verl.workers.utils.losses.ppo_loss")
-    if original is None:
+    verl_ppo_loss = original("verl.workers.utils.losses.ppo_loss")
+    if verl_ppo_loss is None:
         return []
     # The module's own namespace only: a lazy module's getattr may import or raise.
     return sorted(
         name
         for name, module in list(sys.modules.items())
-        if isinstance(getattr(module, "__dict__", None), dict) and module.__dict__.get("ppo_loss") is original
+        if isinstance(getattr(module, "__dict__", None), dict) and module.__dict__.get("ppo_loss") is verl_ppo_loss
     )
 
 
@@ -485,7 +471,6 @@ def make_separated_init(verl_init):
             raise ValueError("erc_verl: " + ASYNC_TRAINER_PROBLEM)
         return verl_init(self, config, *args, **kwargs)
 
-    setattr(__init__, _INSTALLED, True)
     return __init__
 
 
