@@ -37,11 +37,12 @@ import sys
 import torch
 
 _FLT_MIN = torch.finfo(torch.float32).min
-# Elements of one float32 block temporary in the torch backend (8 MiB on CPU, 64 MiB on GPU).
+# Elements of one float32 block buffer in the torch backend (4 MiB on CPU, 64 MiB on GPU).
 # CPU: on the 2-core test machine (benchmarks/entropy_block_sizes.py, results/entropy_block_cpu.txt)
 # blocks of 128 Ki to 2 Mi elements ran within run-to-run noise of each other at vocabularies
-# 512 to 152,064, and 8 Mi up to 2.7x slower (the temporaries leave the cache).
-_BLOCK_ELEMS = {"cpu": 1 << 21}
+# 512 to 152,064, and 8 Mi up to 2.7x slower (the temporaries leave the cache); with the two
+# buffers reused across blocks, 1 Mi was the fastest at vocabulary 32,000 (4,096 rows).
+_BLOCK_ELEMS = {"cpu": 1 << 20}
 _BLOCK_ELEMS_DEFAULT = 1 << 24
 _triton_module = None
 
@@ -95,15 +96,20 @@ def _row_temperatures(temperature, lead_shape, device):
 
 
 def _inverse(temperature, t_rows: torch.Tensor) -> torch.Tensor | None:
-    """1 / T for the torch backend; None (skip the multiply) when T is None or the number 1."""
+    """1 / T for the torch backend; None (skip a full pass over the block) when every T is 1,
+    as in verl's update at temperature 1.0, which passes one T per token."""
     if temperature is None or (isinstance(temperature, (int, float)) and float(temperature) == 1.0):
+        return None
+    if bool((t_rows == 1.0).all()):
         return None
     return 1.0 / t_rows
 
 
-def _torch_block(z: torch.Tensor, inv_t: torch.Tensor | None) -> torch.Tensor:
+def _torch_block(z: torch.Tensor, inv_t: torch.Tensor | None, d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """Entropy of the rows of a (b, V) block; inv_t float32 (1,) or (b,), None for T = 1.
 
+    d and e: float32 (b, V) buffers, reused from block to block (a fresh 4 MiB temporary per op
+    costs an allocation and its page faults every time).
     Everything in float32, like the Triton kernel. With d = (z - max) / T and e = exp(d), ONE
     entry at the max (e = 1 exactly) is taken out of e before summing, so Q = sum e = (K - 1) + R
     is summed without the 1 that would round a tiny R away; then K + R = 1 + Q and
@@ -113,10 +119,11 @@ def _torch_block(z: torch.Tensor, inv_t: torch.Tensor | None) -> torch.Tensor:
     """
     m, at = z.max(dim=-1, keepdim=True)
     m = m.float()
-    d = torch.sub(z, m)  # float32 (promotion), computed from the input's own values; a new tensor
+    torch.sub(z, m, out=d)  # float32, computed from the input's own values
     if inv_t is not None:
         d.mul_(inv_t.unsqueeze(-1))
-    e = torch.exp(d).scatter_(-1, at, 0.0)
+    torch.exp(d, out=e)
+    e.scatter_(-1, at, 0.0)
     q = e.sum(dim=-1)  # (K - 1) + R
     s = torch.linalg.vecdot(e, d)  # sum e d <= 0; NaN where -inf entries give 0 * -inf
     bad = s.isnan()
@@ -129,11 +136,14 @@ def _torch_block(z: torch.Tensor, inv_t: torch.Tensor | None) -> torch.Tensor:
 
 
 def _torch_rows(z2d: torch.Tensor, inv_t: torch.Tensor | None, out: torch.Tensor, block_rows: int) -> None:
-    rows = z2d.shape[0]
+    rows, vocab = z2d.shape
+    block_rows = min(block_rows, rows)
+    d = torch.empty(block_rows, vocab, dtype=torch.float32, device=z2d.device)
+    e = torch.empty_like(d)
     for start in range(0, rows, block_rows):
         end = min(rows, start + block_rows)
         t = inv_t if inv_t is None or inv_t.numel() == 1 else inv_t[start:end]
-        out[start:end] = _torch_block(z2d[start:end], t)
+        out[start:end] = _torch_block(z2d[start:end], t, d[: end - start], e[: end - start])
 
 
 def _torch_entropy(logits: torch.Tensor, inv_t: torch.Tensor | None, block_rows: int | None) -> torch.Tensor:

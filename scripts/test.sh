@@ -9,4 +9,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup_venv.sh
-exec "$ERC_VERL_PYTHON" -m pytest -q -ra "$@"
+exec "$ERC_VERL_PYTHON" -m pytest -q -ra --durations=25 "$@"

@@ -381,6 +381,12 @@ def test_legacy_fsdp_actor_of_071_runs_erc_from_the_patched_tree(tmp_path):
         torch.testing.assert_close(shut_nll["grads"][0][k], 0.1 * ref, rtol=1e-4, atol=1e-6, msg=k)
     assert all(f == 0.0 for f in shut_nll["metrics"]["actor/erc_keep_frac"])
 
+    # loss_mode=erc over gppo is gppo_erc, update for update
+    over, named = cases["paper_band_erc_over_gppo"], cases["paper_band_gppo"]
+    assert over["metrics"] == named["metrics"]
+    for k in named["after"]:
+        assert torch.equal(over["after"][k], named["after"][k]), k
+
     assert "dapo_erc" in (res["engine_ppo_loss_refusal"] or "")
     assert "vanilla" in (res["engine_ppo_loss_refusal_nll"] or "")
 
@@ -436,6 +442,11 @@ def test_engine_091_patched_path_matches_runtime_path(tmp_path):
         }, name
     assert "actor/erc_keep_frac" in patched["cases"]["dapo_erc"]["metrics"]
     assert 0.0 < patched["cases"]["dapo_erc"]["metrics"]["actor/erc_keep_frac"] < 1.0
+    # loss_mode=erc over gppo is gppo_erc on the patched tree too
+    over, named = patched["cases"]["erc_over_gppo"], patched["cases"]["gppo_erc"]
+    assert over["metrics"] == named["metrics"]
+    for k in named["params"]:
+        assert (over["params"][k] == named["params"][k]).all(), k
 
 
 @pytest.mark.slow

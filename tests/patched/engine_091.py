@@ -32,6 +32,12 @@ BSZ, PROMPT_LEN, RESPONSE_LEN = 8, 6, 12
 CASES = {
     "dapo_erc": ("peaked", {"loss_mode": "dapo_erc"}, {"lr": 1e-2, "ppo_mini_batch_size": 2}),
     "gppo_erc": ("peaked", {"loss_mode": "gppo_erc", "gppo_beta_low": 1.0}, {"lr": 1e-2, "ppo_mini_batch_size": 2}),
+    # loss_mode=erc over a named base: the same update as gppo_erc
+    "erc_over_gppo": (
+        "peaked",
+        {"loss_mode": "erc", "erc_base_loss_mode": "gppo", "gppo_beta_low": 1.0},
+        {"lr": 1e-2, "ppo_mini_batch_size": 2},
+    ),
     "dapo_erc_entropy_bonus": (
         "peaked",
         {"loss_mode": "dapo_erc"},

@@ -257,6 +257,7 @@ def main(out):
         # four optimizer steps per batch: all but the first are off-policy
         "paper_band": dict(policy_loss={"loss_mode": "dapo_erc"}, mini_batch=2),
         "paper_band_gppo": dict(policy_loss={"loss_mode": "gppo_erc"}, mini_batch=2),
+        "paper_band_erc_over_gppo": dict(policy_loss={"loss_mode": "erc", "erc_base_loss_mode": "gppo"}, mini_batch=2),
         "paper_band_entropy_bonus": dict(policy_loss={"loss_mode": "dapo_erc"}, mini_batch=2, entropy_coeff=0.01),
         "vanilla_monitor": dict(policy_loss={"loss_mode": "vanilla", "entropy_ratio_monitor": True}, mini_batch=2),
         # the authors' positive-sample NLL term (one optimizer step, so every micro-batch sees the start weights)
