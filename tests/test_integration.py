@@ -201,3 +201,34 @@ def test_wrap_replaces_once_and_keeps_verls_function():
     assert hooks.wrap(owner, "fn", make, "_erc_verl_test_marker") is False  # already wrapped: left alone
     assert owner.fn(1) == 2 and calls == [verl_fn]
     assert hooks.original("fake_verl_module_for_wrap.fn") is verl_fn
+
+
+def test_wrap_refuses_an_inherited_method_that_it_would_shadow():
+    from erc_verl.integration import hooks
+
+    class Base:
+        def step(self):
+            return "base"
+
+    class Child(Base):
+        pass
+
+    with pytest.raises(TypeError, match="inherited from .*Base"):
+        hooks.wrap(Child, "step", lambda f: f, "_erc_verl_test_marker")
+    assert "step" not in vars(Child)
+
+
+def test_engine_wrappers_leave_the_subclass_free_for_later_patches_of_the_base():
+    """erc_verl wraps FSDPEngine.forward_backward_batch where it is defined, so a later patch of the
+    base class (the smoke's layout probe) still reaches FSDPEngineWithLMHead."""
+    line = _run(
+        """
+        import json
+        import erc_verl
+        from verl.workers.engine.fsdp import transformer_impl as t
+        print(json.dumps(["forward_backward_batch" in vars(t.FSDPEngineWithLMHead),
+                          getattr(t.FSDPEngine.forward_backward_batch, "_erc_verl_plumbing", False)]))
+        """,
+        {"VERL_PLATFORM": "cpu"},
+    )
+    assert json.loads(line) == [False, True]

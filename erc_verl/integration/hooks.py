@@ -97,6 +97,11 @@ def wrap(owner, name: str, make, marker: str) -> bool:
     install or a second patch of a subclass that inherits the wrapper leaves it alone), and verl's
     own object stays reachable through original(). Returns whether it wrapped.
     """
+    if isinstance(owner, type) and name not in vars(owner):
+        # Setting it here would shadow the base class's attribute, and with it every later patch of
+        # the base (another plugin's, or erc_verl's layout probe): wrap where it is defined.
+        defined = next((c.__qualname__ for c in owner.__mro__ if name in vars(c)), None)
+        raise TypeError(f"{owner.__qualname__}.{name} is inherited from {defined}; wrap it on {defined}")
     current = getattr(owner, name)
     if getattr(current, marker, False):
         return False

@@ -7,7 +7,7 @@ Touch-points, each a wrapper that calls verl's own function (nothing in verl's f
 | workers/utils/losses.py (+ engine_workers) | ppo_loss                              | feed H_cur/H_old to the ERC losses; monitor metrics for baselines; positive-sample NLL term |
 | workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_step     | update: ask for the gate entropy when the loss wants it |
-| workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_backward_batch | update: the mini-batch's positive counts (positive_nll_norm=global) |
+| workers/engine/fsdp/transformer_impl.py    | FSDPEngine.forward_backward_batch     | update: the mini-batch's positive counts (positive_nll_norm=global) |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.prepare_model_outputs | compute that entropy under no_grad, before the log-prob kernel |
 | trainer/ppo/ray_trainer.py (v0 trainer)    | RayPPOTrainer._compute_old_log_prob, fit | keep H_old (fit() pops `entropys`); refuse a recipe whose dynamic sampling v0 would drop |
 
@@ -447,7 +447,9 @@ def _patch_engine_workers(module) -> None:
 
 def _patch_fsdp_engine(module) -> None:
     _wrap(module.FSDPEngineWithLMHead, "forward_step", make_forward_step)
-    _wrap(module.FSDPEngineWithLMHead, "forward_backward_batch", make_forward_backward_batch)
+    # On FSDPEngine, which defines it: a wrapper set on the subclass would shadow any later patch
+    # of the base class's method (erc_verl's own layout probe wraps FSDPEngine's).
+    _wrap(module.FSDPEngine, "forward_backward_batch", make_forward_backward_batch)
     _wrap(module.FSDPEngineWithLMHead, "prepare_model_outputs", make_prepare_model_outputs)
 
 
