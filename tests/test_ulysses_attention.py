@@ -73,7 +73,8 @@ class _Worker:
 
 def test_actor_worker_refuses_before_building_the_model(monkeypatch):
     monkeypatch.delenv("VERL_PLATFORM", raising=False)
-    cls = type("ActorRolloutRefWorker", (_Worker,), {})
+    # Like verl's ActorRolloutRefWorker, the class defines init_model itself.
+    cls = type("ActorRolloutRefWorker", (_Worker,), {"init_model": _Worker.init_model})
     ulysses_check._wrap_init_model(cls)
     worker = cls(arr("sdpa"))
     with pytest.raises(UlyssesAttentionError, match="erc_verl: ulysses_sequence_parallel_size=4"):
