@@ -204,6 +204,14 @@ def positive_nll_coeff(policy_loss_config) -> float:
     return float(policy_loss_config.get("positive_nll_coeff", 0.0) or 0.0)
 
 
+def missing_rewards_error(coeff: float) -> ValueError:
+    return ValueError(
+        f"policy_loss.positive_nll_coeff={coeff} needs each response's reward in the actor update "
+        "(`token_level_rewards` or `rm_scores`), which did not reach it. Set "
+        "actor_rollout_ref.actor.policy_loss.positive_nll_coeff=0 for the paper text's objective."
+    )
+
+
 GLOBAL_NORM_UNAVAILABLE = (
     "policy_loss.positive_nll_norm=global needs the positive-token count of the whole mini-batch over "
     "all data-parallel ranks, which only erc_verl's runtime plumbing of stock verl 0.9.1's FSDP engine "
@@ -237,11 +245,7 @@ def positive_nll_term(
     if coeff == 0.0:
         return None, {}
     if token_level_rewards is None:
-        raise ValueError(
-            f"policy_loss.positive_nll_coeff={coeff} needs each response's reward in the actor update "
-            "(`token_level_rewards` or `rm_scores`), which did not reach it. Set "
-            "actor_rollout_ref.actor.policy_loss.positive_nll_coeff=0 for the paper text's objective."
-        )
+        raise missing_rewards_error(coeff)
     global_norm = positive_nll_norm(policy_loss) == "global"
     if global_norm and mini_batch_positives is None:
         raise ValueError(GLOBAL_NORM_UNAVAILABLE)

@@ -36,17 +36,16 @@ def watch_from_config(config):
 
 def positive_watch_from_config(config):
     """A NoPositiveResponses for a config with the positive-sample NLL term on, else None."""
-    from ..losses import POSITIVE_REWARD
+    from ..losses import positive_nll_coeff, positive_rule
     from ..metrics import NoPositiveResponses
     from .support import _get
 
     policy_loss = _get(config, "actor_rollout_ref.actor.policy_loss")
-    coeff = float(_get(policy_loss, "positive_nll_coeff", 0.0) or 0.0) if policy_loss is not None else 0.0
-    steps = int(_get(policy_loss, "positive_nll_warn_steps", 3)) if policy_loss is not None else 0
+    coeff = positive_nll_coeff(policy_loss)
+    steps = int(_get(policy_loss, "positive_nll_warn_steps", 3))
     if coeff <= 0 or steps <= 0:
         return None
-    reward = float(_get(policy_loss, "positive_nll_reward", POSITIVE_REWARD))
-    return NoPositiveResponses(steps, coeff, reward, str(_get(policy_loss, "positive_nll_compare", "eq")))
+    return NoPositiveResponses(steps, coeff, *positive_rule(policy_loss))
 
 
 def _make_init(verl_init):

@@ -212,18 +212,17 @@ def make_forward_backward_batch(verl_forward_backward_batch):
             from verl.utils import tensordict_utils as tu
             from verl.utils.device import get_device_id
 
-            from ..losses import positive_counts, positive_responses, positive_rule
+            from ..losses import (
+                missing_rewards_error,
+                positive_counts,
+                positive_nll_coeff,
+                positive_responses,
+                positive_rule,
+            )
 
             rewards = _rewards(data)
             if rewards is None:
-                from ..losses import positive_nll_coeff
-
-                raise ValueError(
-                    f"policy_loss.positive_nll_coeff={positive_nll_coeff(config.policy_loss)} needs each "
-                    "response's reward in the actor update (`token_level_rewards` or `rm_scores`), which did "
-                    "not reach it. Set actor_rollout_ref.actor.policy_loss.positive_nll_coeff=0 for the paper "
-                    "text's objective."
-                )
+                raise missing_rewards_error(positive_nll_coeff(config.policy_loss))
             positive = positive_responses(rewards, *positive_rule(config.policy_loss))
             counts = positive_counts(_padded_response_field(data, "response_mask"), positive).to(get_device_id())
             torch.distributed.all_reduce(counts, group=self.get_data_parallel_group())
