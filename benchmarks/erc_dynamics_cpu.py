@@ -11,7 +11,9 @@ always the plugin's registered loss; every ERC run is gate-audited (d pg_loss / 
 each out-of-band token must be 0).
 
 The design (SETTINGS) was fixed before the first full run: a base setting at the drifting
-learning rate and one-factor-at-a-time changes from it. Every seed has its own SFT warm start
+learning rate and one-factor-at-a-time changes from it; the stale-rollout settings (responses
+sampled from weights k optimizer steps older than the old-log-prob weights, as verl's
+asynchronous trainers produce them) were fixed before they ran. Every seed has its own SFT warm start
 (cached under --cache-dir); all variants of a seed start from it and see the same prompts.
 
     python benchmarks/erc_dynamics_cpu.py            # the full study -> benchmarks/results/
@@ -40,7 +42,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 ALL_VARIANTS = ("dapo_erc", "random_drop", "vanilla", "gppo", "gppo_erc")
-# name -> (lr, band, positive_nll_coeff, variants, why). Fixed before running.
+# name -> (lr, band, positive_nll_coeff, stale (default 0), variants, why). Fixed before running.
 SETTINGS = {
     "base": dict(
         lr=1e-3,
@@ -64,6 +66,42 @@ SETTINGS = {
         nll=0.0,
         variants=("dapo_erc", "random_drop", "gppo_erc"),
         why="a wider band, 0.9/1.1 (vanilla and gppo train exactly as in base)",
+    ),
+    # Stale rollouts, as verl's asynchronous trainers produce them: sampled from weights k
+    # optimizer steps older than the old-log-prob weights (H_old and the PPO ratio's anchor).
+    # k = 0 is `base`. k = 8 is one whole step of 8 mini-batches: a rollout one weight version
+    # old, what colocate_async gives with one batch of prefetch.
+    "stale1": dict(
+        lr=1e-3,
+        band=(0.95, 1.05),
+        nll=0.0,
+        stale=1,
+        variants=ALL_VARIANTS,
+        why="rollouts 1 optimizer step older than the old-log-prob weights (k = 0 is base)",
+    ),
+    "stale2": dict(
+        lr=1e-3,
+        band=(0.95, 1.05),
+        nll=0.0,
+        stale=2,
+        variants=ALL_VARIANTS,
+        why="rollouts 2 optimizer steps older than the old-log-prob weights",
+    ),
+    "stale8": dict(
+        lr=1e-3,
+        band=(0.95, 1.05),
+        nll=0.0,
+        stale=8,
+        variants=ALL_VARIANTS,
+        why="rollouts one whole step (8 optimizer steps, one weight version) older than the old-log-prob weights",
+    ),
+    "stale8_lr3e-4": dict(
+        lr=3e-4,
+        band=(0.95, 1.05),
+        nll=0.0,
+        stale=8,
+        variants=ALL_VARIANTS,
+        why="one weight version stale at the stable learning rate (compare lr3e-4)",
     ),
 }
 FULL = dict(seeds=5, steps=30, settings=list(SETTINGS))
@@ -279,7 +317,8 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
         png = f"{args.prefix}_{name}.png"
         done = {r["variant"]: sum(1 for x in recs if x["variant"] == r["variant"]) for r in recs}
         lines += [
-            f"## Setting `{name}`: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, positive_nll_coeff {s['nll']}",
+            f"## Setting `{name}`: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, positive_nll_coeff {s['nll']}"
+            + (f", rollouts {s['stale']} optimizer step(s) stale" if s.get("stale") else ""),
             "",
             s["why"] + ".",
             "",
@@ -297,7 +336,8 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
         report.setting_figure(
             recs,
             variants,
-            f"setting {name}: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, nll {s['nll']}",
+            f"setting {name}: lr {s['lr']:g}, band {s['band'][0]}/{s['band'][1]}, nll {s['nll']}"
+            + (f", {s['stale']} steps stale" if s.get("stale") else ""),
             str(out / png),
         )
         lines += [f"![{name}]({png})", ""]

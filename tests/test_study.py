@@ -166,3 +166,38 @@ def test_the_report_names_each_invocation_from_its_records():
     assert "1 run(s) on box, 2 process(es) x 1 torch thread(s)" in line and "1.0 min" in line
     assert "1 process(es) x 2 torch thread(s)" in line and "finished 2026-12-02 09:00 UTC" in line
     assert "1 run(s) without a recorded machine or invocation (0.5 min" in line
+
+
+def test_stale_rollouts_come_from_the_weights_k_updates_back(monkeypatch):
+    """`stale` = k: generation gets the weights of k optimizer steps ago (the initial ones before
+    that), while the worker keeps training on its current weights."""
+    import types
+
+    import torch
+    from dynamics import loop
+
+    state = {"w": 0.0}
+
+    class Model:
+        def load_state_dict(self, weights, strict=False):
+            self.loaded = float(weights["w"])
+            return [], []
+
+    model = Model()
+
+    def optimizer_step():
+        state["w"] += 1.0  # each update moves the live weight by one
+
+    fake_tw = types.SimpleNamespace(
+        get_params=lambda worker: {"w": torch.tensor(state["w"])}, rollout_model=lambda worker: model
+    )
+    monkeypatch.setattr(loop, "_tw", lambda: fake_tw)
+    worker = types.SimpleNamespace(engine=types.SimpleNamespace(optimizer_step=optimizer_step))
+    history = loop._weight_history(worker, 2)
+    seen = []
+    for _ in range(3):  # 3 steps of 4 updates each
+        sampler, lag = loop._stale_model(worker, history)
+        seen.append((sampler.loaded, lag, state["w"]))
+        for _ in range(4):
+            worker.engine.optimizer_step()
+    assert seen == [(0.0, 0, 0.0), (2.0, 2, 4.0), (6.0, 2, 8.0)]
