@@ -127,7 +127,12 @@ def run(
         prompts = grammar.sample_chains(PROMPTS, task.PROMPT_LEN, gen).tolist()
         sampler, lag = (worker, 0) if history is None else _stale_model(worker, history)
         responses = tw.generate(
-            sampler, prompts, n=GROUP, max_new_tokens=task.RESPONSE_LEN, temperature=TEMPERATURE, seed=7919 * seed + step
+            sampler,
+            prompts,
+            n=GROUP,
+            max_new_tokens=task.RESPONSE_LEN,
+            temperature=TEMPERATURE,
+            seed=7919 * seed + step,
         )
         rows = [prompts[i // GROUP] for i in range(seqs)]
         scores = [grammar.score(p, r) for p, r in zip(rows, responses, strict=False)]
