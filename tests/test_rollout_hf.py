@@ -188,3 +188,70 @@ def test_a_sample_is_seeded_from_its_request_not_its_replica():
     assert draw(2) == draw(2)  # the same request on any replica, in any batch
     assert len({tuple(draw(s)) for s in range(4)}) > 1  # the samples of one group differ
     assert draw(2, step=2) != draw(2) or draw(2, prompt=(7,)) != draw(2)
+
+
+def test_a_standalone_replica_adapter_honours_the_replica_rank_verl_passes(tiny_model, monkeypatch):
+    """verl builds a standalone replica's adapter in its CheckpointEngineWorker with the replica's
+    own rank (verl/workers/rollout/replica.py get_ray_class_with_init_args ->
+    checkpoint_engine/base.py CheckpointEngineWorker.__init__): its weights must go to that
+    replica's server, not to replica 0's (the hybrid one beside the trainer)."""
+    from verl.workers.config import HFModelConfig, RolloutConfig
+    from verl.workers.rollout.base import get_rollout_class
+
+    import erc_verl  # noqa: F401  (registers the hf adapter)
+    from erc_verl.cpu import rollout
+
+    config = RolloutConfig(name="hf", tensor_model_parallel_size=1, prompt_length=32, response_length=8)
+    model_config = HFModelConfig(path=tiny_model)
+    monkeypatch.setenv("RANK", "0")  # the only worker of its replica's worker group
+    looked_up = []
+    monkeypatch.setattr(rollout.ray, "get_actor", lambda name: looked_up.append(name) or object())
+    adapter_cls = get_rollout_class("hf", "async")
+    standalone = adapter_cls(config=config, model_config=model_config, device_mesh=None, replica_rank=1)
+    assert standalone.replica_rank == 1 and standalone.is_leader
+    standalone._server_handle()
+    assert looked_up == [rollout.server_actor_name(1)]
+    # beside the trainer (hybrid) no rank is passed: it follows from the worker's RANK
+    monkeypatch.setenv("RANK", "2")
+    assert adapter_cls(config=config, model_config=model_config, device_mesh=None).replica_rank == 2
+
+
+def test_weights_never_change_under_a_generating_batch(tiny_model, monkeypatch):
+    """A weight update that arrives while a batch generates (the asynchronous trainers) waits for
+    it, and the batch reports the weight version it was generated with."""
+    import threading
+
+    from erc_verl.cpu import rollout
+
+    server = _server(tiny_model)
+    server.global_steps = 4
+    started, release = threading.Event(), threading.Event()
+    real = rollout.generate_batch
+
+    def slow_generate(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rollout, "generate_batch", slow_generate)
+    results = []
+    gen = threading.Thread(
+        target=lambda: results.extend(
+            server._generate_locked(
+                [[5, 6]], [2], temperature=0.0, top_p=1.0, top_k=-1, eos_ids=set(), pad_id=0, ignore_eos=True
+            )
+        )
+    )
+    gen.start()
+    assert started.wait(30)
+    weights = server.get_weights()
+    load = threading.Thread(target=server.load_weights, args=(weights, 5))
+    load.start()
+    load.join(0.5)
+    assert load.is_alive() and server.global_steps == 4  # waiting for the batch
+    release.set()
+    gen.join(30)
+    load.join(30)
+    assert server.global_steps == 5 and server.weight_version == 1
+    ((tokens, _, _, version, steps),) = results
+    assert len(tokens) == 2 and (version, steps) == (0, 4)

@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Generator
 from typing import Any
 
@@ -237,6 +238,9 @@ class HFRolloutServer:
         self.generator = torch.Generator().manual_seed(seed + 1000 * int(replica_rank))
         self.global_steps: int | None = None
         self.weight_version = 0
+        # Held while a batch generates and while weights load: in the asynchronous trainers a
+        # weight update arrives while requests run, and one response must come from one version.
+        self._weights_lock = threading.Lock()
         self._queue: list[tuple[list[int], dict, int, asyncio.Future, torch.Generator]] = []
         self._batcher: asyncio.Task | None = None
         self._lock = None
@@ -280,8 +284,9 @@ class HFRolloutServer:
         self._queue.append((prompt_ids, params, max_tokens, fut, gen))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._drain())
-        tokens, logps, finish = await fut
-        extra = {"global_steps": self.global_steps, "weight_version": self.weight_version}
+        tokens, logps, finish, version, global_steps = await fut
+        # The version the response was generated with (verl's staleness metrics read global_steps).
+        extra = {"global_steps": global_steps, "weight_version": version}
         return TokenOutput(
             token_ids=tokens,
             log_probs=logps if params.get("logprobs") else None,
@@ -302,8 +307,7 @@ class HFRolloutServer:
                 temperature, top_p, top_k, ignore_eos = key
                 try:
                     results = await asyncio.to_thread(
-                        generate_batch,
-                        self.model,
+                        self._generate_locked,
                         [it[0] for it in items],
                         [it[2] for it in items],
                         temperature=temperature,
@@ -323,10 +327,20 @@ class HFRolloutServer:
                     if not it[3].done():
                         it[3].set_result(res)
 
+    def _generate_locked(self, *args, **kwargs):
+        """generate_batch with the weights held fixed; each result also names their version."""
+        with self._weights_lock:
+            version, global_steps = self.weight_version, self.global_steps
+            return [(*r, version, global_steps) for r in generate_batch(self.model, *args, **kwargs)]
+
     # --- weights -------------------------------------------------------------------------
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None = None) -> dict:
-        """Copy the actor's tensors into the model; returns what was (not) matched."""
+        """Copy the actor's tensors into the model once no batch is generating; returns what was (not) matched."""
+        with self._weights_lock:
+            return self._load_weights(named_tensors, global_steps)
+
+    def _load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None) -> dict:
         state = self.model.state_dict()
         loaded, unknown = [], []
         with torch.no_grad():
@@ -420,9 +434,16 @@ class HFReplica(RolloutReplica):
 
 
 class HFServerAdapter(BaseRollout):
-    """Lives in the actor process; forwards the actor's weights to its replica's server."""
+    """Forwards the actor's weights to its replica's server.
 
-    def __init__(self, config, model_config, device_mesh, *args, **kwargs):
+    Built in two places: in each actor worker for the replicas beside it (hybrid; no
+    replica_rank given, so it follows from the worker's RANK), and in the CheckpointEngineWorker
+    of a standalone or colocated replica, where verl passes the replica's own rank
+    (verl/workers/rollout/replica.py, `get_ray_class_with_init_args`): a standalone replica's rank
+    starts after the hybrid ones (trainer_separate_async.py, `start_rank`), so it must be honoured.
+    """
+
+    def __init__(self, config, model_config, device_mesh, *args, replica_rank: int = -1, **kwargs):
         super().__init__(config, model_config, device_mesh)
         rank = int(os.environ.get("RANK", 0))
         world = (
@@ -430,7 +451,7 @@ class HFServerAdapter(BaseRollout):
             * self.config.data_parallel_size
             * self.config.pipeline_model_parallel_size
         )
-        self.replica_rank = rank // world
+        self.replica_rank = rank // world if replica_rank is None or int(replica_rank) < 0 else int(replica_rank)
         self.is_leader = rank % world == 0
         self.sleep_level = 0
         self._server = None
