@@ -370,3 +370,7 @@ def install_trainer_support() -> None:
     for name in ("verl.workers.engine_workers", "verl.workers.fsdp_workers"):
         after_import(name, _rebind_distributed)
     after_import("verl.single_controller.ray.base", _patch_resource_check)
+    # separate_async's cycle-start weights: a real copy on CPU (erc_verl/cpu/sharded_save.py)
+    from .sharded_save import install as _copy_saved_weights
+
+    _copy_saved_weights()

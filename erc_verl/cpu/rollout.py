@@ -10,7 +10,9 @@ verl's trainer talks to its rollout through two extension points, and this modul
   actor worker process, it receives the actor's weights after every update through verl's own
   weight-sync path (sync trainer: checkpoint_engine backend ``naive`` ->
   ``ActorRolloutRefWorker.update_weights`` -> ``BaseRollout.update_weights``) and ships them
-  to the server actor through Ray's object store (``HFServerAdapter``).
+  to the server actor through Ray's object store (``HFServerAdapter``). A standalone replica
+  (``separate_async``) gets them through a checkpoint engine instead, in its own
+  ``CheckpointEngineWorker`` (erc_verl/cpu/checkpoint_engine.py on CPU).
 
 Select it with ``actor_rollout_ref.rollout.name=hf``. erc_verl registers both entries lazily
 (erc_verl/integration/rollout_hf.py); this module, with torch and transformers, is imported only
@@ -477,8 +479,12 @@ class HFServerAdapter(BaseRollout):
             raise NotImplementedError(f"hf rollout: weight wire format {wire_format!r} is not supported")
         if kwargs.get("peft_config") is not None:
             raise NotImplementedError("hf rollout: LoRA adapters are not supported (merge them: model.lora.merge=True)")
+        from verl.workers.rollout.utils import ensure_async_iterator
+
         named = {}
-        for name, tensor in weights:  # every rank must drain the generator (it may gather)
+        # verl's naive sync hands a generator, a checkpoint engine (erc_verl/cpu/checkpoint_engine.py)
+        # an async one; every rank must drain it (it may gather).
+        async for name, tensor in ensure_async_iterator(weights):
             if hasattr(tensor, "full_tensor"):
                 tensor = tensor.full_tensor()
             if self.is_leader:

@@ -142,18 +142,45 @@ def _on_actor(rule):
     return whole
 
 
+# verl 0.9.1's trainers, each either verified with ERC or refused (docs/algorithm.md, "Trainer modes"):
+# - main_ppo's V1 trainer modes (verl/trainer/ppo/v1: trainer_sync.py, trainer_colocate_async.py,
+#   trainer_separate_async.py register them; trainer.v1.trainer_mode picks one): the weights
+#   H_old comes from, as the smoke tests measure it (tests/test_async_modes.py);
+V1_TRAINER_MODES = {
+    "sync": "the weights at the start of the step (the rollout's own)",
+    "colocate_async": "the weights at the start of the step; rollouts may be a weight version older",
+    "separate_async": "the weights at the start of each parameter_sync_step cycle, restored for every "
+    "old-log-prob pass of the cycle; rollouts may be a weight version older",
+}
+# - the v0 trainer (trainer.use_v1=false): verified, without dynamic sampling (v0_trainer_problem);
+# - verl/experimental's one-step-off-policy and fully-async trainers: refused (ASYNC_TRAINER_PROBLEM).
+
+
 def async_trainer_problem(cfg) -> str | None:
+    """verl's experimental asynchronous trainers, and any V1 trainer mode not verified with ERC."""
     if not erc_run(cfg):
         return None
     if _get(cfg, "async_training") is not None or _get(cfg, "rollout.nnodes") is not None:
         return ASYNC_TRAINER_PROBLEM
+    if not bool(_get(cfg, "trainer.use_v1", True)):
+        return None
+    mode = str(_get(cfg, "trainer.v1.trainer_mode", "sync"))
+    if mode not in V1_TRAINER_MODES:
+        return (
+            f"trainer.v1.trainer_mode={mode} is not one of the V1 trainer modes verified with ERC "
+            f"({', '.join(V1_TRAINER_MODES)}): which weights H_old comes from there is not known. "
+            "Fix: trainer.v1.trainer_mode=sync, colocate_async or separate_async."
+        )
     return None
 
 
 ASYNC_TRAINER_PROBLEM = (
-    "verl's fully-async and one-step-off-policy trainers (verl/experimental) are not supported with ERC: "
-    "which policy H_old comes from there is not verified. Fix: run verl's main_ppo trainer "
-    "(python -m verl.trainer.main_ppo, trainer.use_v1=true)."
+    "verl's one-step-off-policy and fully-async trainers (verl/experimental) are refused with ERC: they "
+    "drop DAPO's dynamic sampling (algorithm.filter_groups is never read there), their configs default to "
+    "bypass_mode=true (no old-log-prob pass, so no H_old), and their separation trainer drops the "
+    "old-log-prob pass's entropy (verl/experimental/separation/ray_trainer.py). Fix: run verl's main_ppo "
+    "(python -m verl.trainer.main_ppo) with trainer.v1.trainer_mode=colocate_async or separate_async, "
+    "its asynchronous modes verified with ERC."
 )
 
 

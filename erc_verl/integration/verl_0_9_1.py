@@ -10,6 +10,8 @@ Touch-points, each a wrapper that calls verl's own function (nothing in verl's f
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngine.forward_backward_batch     | update: the mini-batch's positive counts (positive_nll_norm=global) |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.prepare_model_outputs | compute that entropy under no_grad, before the log-prob kernel |
 | trainer/ppo/ray_trainer.py (v0 trainer)    | RayPPOTrainer._compute_old_log_prob, fit | keep H_old (fit() pops `entropys`); refuse a recipe whose dynamic sampling v0 would drop |
+| trainer/ppo/v1/trainer_base.py (V1)        | PPOTrainer.__init__                   | refuse what `erc-verl check` refuses (support.problems), every trainer mode, before workers start |
+| experimental/separation/ray_trainer.py     | SeparateRayPPOTrainer.__init__        | refuse ERC runs in verl's one-step-off and fully-async trainers |
 
 Why the entropy is computed here and not by verl's `calculate_entropy`: the ratio H_cur/H_old
 is compared with a +-5% band, so both must come from one accurate function
@@ -479,6 +481,26 @@ def _refuse_separated_trainers(module) -> None:
     _wrap(module.SeparateRayPPOTrainer, "__init__", make_separated_init)
 
 
+def make_v1_trainer_init(verl_init):
+    """main_ppo's V1 trainer, every trainer.v1.trainer_mode (all subclass PPOTrainer): the rules of
+    `erc-verl check` (support.problems) before any worker starts; the first update checks the actor's."""
+
+    @functools.wraps(verl_init)
+    def __init__(self, config, *args, **kwargs):
+        from .support import problems
+
+        found = problems(config)
+        if found:
+            raise ValueError("erc_verl: " + found[0])
+        return verl_init(self, config, *args, **kwargs)
+
+    return __init__
+
+
+def _refuse_at_v1_trainer(module) -> None:
+    _wrap(module.PPOTrainer, "__init__", make_v1_trainer_init)
+
+
 # Order matters when modules are already imported: losses before engine_workers.
 PATCHES = (
     ("verl.workers.utils.losses", _patch_losses),
@@ -528,6 +550,7 @@ def install() -> None:
         "verl.experimental.separation.ray_trainer",
         _GUARDED.setdefault("separated", _named(_refuse_separated_trainers)),
     )
+    after_import("verl.trainer.ppo.v1.trainer_base", _GUARDED.setdefault("v1", _named(_refuse_at_v1_trainer)))
 
 
 _GUARDED: dict = {}

@@ -50,6 +50,7 @@ from .run_folder import (
 )
 from .runner import ROOT, run_main_ppo
 from .tiny_model import ModelSpec, asset_paths, build_model, build_tokenizer, prepare_assets, prompt_ids
+from .trainer_mode import TrainerMode, TrainerModeError, read_trainer_mode
 
 __all__ = [
     "ROOT",
@@ -82,6 +83,7 @@ class SmokePlan:
     overrides: list[tuple[str, str]] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     layout: Layout = field(default_factory=Layout)
+    trainer_mode: TrainerMode = field(default_factory=TrainerMode)
     console_log: Path | None = None
     probe_file: Path | None = None
     ray_temp_dir: Path | None = None
@@ -94,6 +96,7 @@ class SmokePlan:
         if self.console_log is not None:
             lines.append(f"# console log: {self.console_log}")
         lines += self.layout.describe()
+        lines += self.trainer_mode.describe()
         lines.append("# overrides (everything else is the recipe's):")
         width = min(64, max((len(o) for o, _ in self.overrides), default=0))
         for o, why in self.overrides:
@@ -125,6 +128,7 @@ def build_smoke(
     prepare: bool = True,
     stamp: str | None = None,
     log=print,
+    trainer_mode: TrainerMode | None = None,
 ) -> SmokePlan:
     """The main_ppo command and environment of one smoke run.
 
@@ -163,6 +167,10 @@ def build_smoke(
         ray_address=ray_address,
         ray_temp_dir=ray_temp_dir,
     )
+    # The trainer mode's own sizes replace the smoke's (the batch size, for separate_async).
+    trainer_mode = trainer_mode or TrainerMode()
+    replaced = {o.split("=", 1)[0] for o, _ in trainer_mode.overrides()}
+    overrides = [p for p in overrides if p[0].split("=", 1)[0] not in replaced] + trainer_mode.overrides()
     if probe_file is not None:
         modules = f"erc_verl,{layout_probe.MODULE}"
         overrides += [
@@ -214,6 +222,7 @@ def build_smoke(
         overrides,
         list(extra_overrides),
         layout,
+        trainer_mode,
         console_log=run_dir / "logs" / f"console-{stamp}.log",
         probe_file=probe_file,
         ray_temp_dir=ray_temp_dir,
@@ -262,6 +271,13 @@ def recipe_ulysses(recipe: str, recipes_dir: Path, extra: list[str]) -> int | No
     except Exception:  # main_ppo composes it again and reports the error itself
         return None
     return None
+
+
+def _size_overrides() -> list[str]:
+    """The smoke's own batch sizes (overrides.smoke_overrides), for reading the trainer mode."""
+    keys = ("data.train_batch_size=", "actor_rollout_ref.actor.ppo_mini_batch_size=")
+    pairs = smoke_overrides(Path("/m"), {"train": "/t", "test": "/v"}, Path("/r"), Path("/r/l.jsonl"))
+    return [o for o, _ in pairs if o.startswith(keys)]
 
 
 def _continuing(path: Path) -> bool:
@@ -375,6 +391,10 @@ def _main(args, t0: float) -> int:
             )
 
     layout = layout_from_env(recipe, RECIPES_DIR, args.overrides)
+    try:
+        mode = read_trainer_mode(recipe, RECIPES_DIR, args.overrides, _size_overrides())
+    except TrainerModeError as err:
+        raise SmokeError(str(err)) from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     recipe_dir = (Path.cwd() / DEFAULT_OUT / recipe).resolve()
     shown_dir = run_dir if run_dir is not None else recipe_dir / stamp
@@ -396,6 +416,7 @@ def _main(args, t0: float) -> int:
         ray_address=cluster.address if cluster else None,
         ray_temp_dir=ray_temp,
         probe=True,
+        trainer_mode=mode,
         worker_slots=cluster is not None,
         stamp=stamp,
     )
@@ -503,6 +524,7 @@ def _write_layout(plan: SmokePlan, run_dir: Path, stamp: str) -> None:
         "rollout_tensor_parallel_size": 1,
         "nodes": seen["nodes"],
         "micro_batches_per_mini_batch": seen["micro_batches_per_mini_batch"],
+        **plan.trainer_mode.layout(),
         "mini_batches_recorded": seen["mini_batches_recorded"],
         "source": f"nodes and micro-batches recorded in the training workers through Ray ({plan.probe_file.name})",
     }

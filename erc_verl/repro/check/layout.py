@@ -35,6 +35,8 @@ def check_cluster(cfg, use_ref: bool, check_paths: bool = False) -> None:
       log-prob passes;
     - trainer.use_v1=false with dynamic sampling runs another experiment (the v0 trainer has no
       filter_groups); the trainer refuses it too (erc_verl.integration.verl_0_9_1);
+    - trainer.v1.trainer_mode=separate_async trains parameter_sync_step mini-batches per step:
+      data.train_batch_size = parameter_sync_step * ppo_mini_batch_size (separate_async_problem);
     - with check_paths (what `erc-verl check` does on the machine it runs on): a model path the
       user set, other than the placeholder, is an existing local folder with a config.json.
     """
@@ -49,6 +51,10 @@ def check_cluster(cfg, use_ref: bool, check_paths: bool = False) -> None:
         problem = v0_trainer_problem(cfg)
         if problem:
             raise RecipeError("trainer.use_v1", problem)
+
+    problem = separate_async_problem(cfg)
+    if problem:
+        raise RecipeError("trainer.v1.separate_async.parameter_sync_step", problem)
 
     nnodes = _positive_int(cfg, "trainer.nnodes")
     per_node = _positive_int(cfg, "trainer.n_gpus_per_node")
@@ -117,3 +123,30 @@ def check_cluster(cfg, use_ref: bool, check_paths: bool = False) -> None:
                 f"(max_prompt_length + max_response_length = {longest}); verl would stop at the first full-length "
                 f"response; fix: -o {key}={need} or more",
             )
+
+
+def separate_async_problem(cfg) -> str | None:
+    """verl 0.9.1's separate_async trainer asserts data.train_batch_size == parameter_sync_step *
+    ppo_mini_batch_size when it is built, after Ray has started (trainer_separate_async.py, line 59):
+    each step samples parameter_sync_step mini-batches, one local update each."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.select(cfg, "trainer.use_v1", default=True):
+        return None
+    if OmegaConf.select(cfg, "trainer.v1.trainer_mode", default="sync") != "separate_async":
+        return None
+    batch = OmegaConf.select(cfg, "data.train_batch_size")
+    mini = OmegaConf.select(cfg, "actor_rollout_ref.actor.ppo_mini_batch_size")
+    sync = OmegaConf.select(cfg, "trainer.v1.separate_async.parameter_sync_step")
+    if not all(isinstance(v, int) and v > 0 for v in (batch, mini, sync)) or batch == sync * mini:
+        return None
+    fix = (
+        f"trainer.v1.separate_async.parameter_sync_step={batch // mini}"
+        if batch % mini == 0
+        else f"a data.train_batch_size that is a multiple of ppo_mini_batch_size {mini}"
+    )
+    return (
+        f"trainer.v1.trainer_mode=separate_async needs data.train_batch_size = parameter_sync_step x "
+        f"ppo_mini_batch_size (one local update per mini-batch, verl/trainer/ppo/v1/trainer_separate_async.py:59); "
+        f"got {batch} != {sync} x {mini}; fix: {fix}"
+    )
