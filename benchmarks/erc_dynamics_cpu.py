@@ -341,8 +341,39 @@ def write_report(args, records: list[dict], wall_s: float | None, out: Path) -> 
             str(out / png),
         )
         lines += [f"![{name}]({png})", ""]
+    lines += _staleness_section(args, records)
     (out / f"{args.prefix}.md").write_text("\n".join(lines))
     return inv
+
+
+def _staleness_section(args, records: list[dict]) -> list[str]:
+    """Every stale-rollout setting beside the setting it differs from only in k (k = 0)."""
+    from dynamics import report
+
+    groups: dict = {}
+    for name in args.settings:
+        s = SETTINGS[name]
+        key = (s["lr"], tuple(s["band"]), s["nll"], tuple(s["variants"]))
+        groups.setdefault(key, []).append((int(s.get("stale", 0)), name))
+    lines = []
+    for (lr, band, nll, variants), members in groups.items():
+        if len(members) < 2 or not any(k for k, _ in members):
+            continue
+        rows = [(k, name, [r for r in records if r["setting"] == name]) for k, name in sorted(members)]
+        if not all(recs for _, _, recs in rows):
+            continue
+        if not lines:
+            lines = [
+                "## Stale rollouts side by side",
+                "",
+                "Rollouts sampled from weights k optimizer steps older than the old-log-prob weights (k = 0: the "
+                f"setting without staleness); means over seeds; collapsed = final reward under {report.COLLAPSED}.",
+                "",
+            ]
+        order = [v for v in DISPLAY_ORDER if v in variants]
+        lines += [f"lr {lr:g}, band {band[0]}/{band[1]}, positive_nll_coeff {nll}:", ""]
+        lines += [report.staleness_table(rows, order), ""]
+    return lines
 
 
 def main(argv=None) -> int:

@@ -201,3 +201,13 @@ def test_stale_rollouts_come_from_the_weights_k_updates_back(monkeypatch):
         for _ in range(4):
             worker.engine.optimizer_step()
     assert seen == [(0.0, 0, 0.0), (2.0, 2, 4.0), (6.0, 2, 8.0)]
+
+
+def test_staleness_table_puts_each_k_beside_k0():
+    fine, collapsed = _record("dapo_erc", [0.5] * 3), _record("dapo_erc", [0.5] * 3, seed=1)
+    fine["series"]["reward"] = [1.0] * 3
+    collapsed["series"]["reward"] = [0.5, 0.3, 0.1]
+    table = report.staleness_table([(0, "base", [fine]), (8, "stale8", [fine, collapsed])], ["dapo_erc"])
+    rows = [line for line in table.splitlines() if line.startswith("| dapo_erc")]
+    assert rows[0].startswith("| dapo_erc | 0 (`base`) | 1 | 0 | 1.000 |")
+    assert rows[1].startswith("| dapo_erc | 8 (`stale8`) | 2 | 1 | 0.650 |")  # mean final reward (1.0 + 0.3) / 2

@@ -161,3 +161,31 @@ def setting_figure(records: list[dict], variants: list[str], title: str, path: s
 
 def fmt_num(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+COLLAPSED = 0.9  # a final reward under this counts as collapsed
+STALE_COLUMNS = (
+    ("final_reward", "final reward", "{:.3f}"),
+    ("max_entropy_jump", "max entropy jump", "{:.3f}"),
+    ("grad_norm_p95", "grad-norm p95", "{:.2f}"),
+    ("cut_frac", "ERC cut frac", "{:.3f}"),
+    ("ppo_kl_mean", "mean ppo_kl", "{:.4f}"),
+)
+
+
+def staleness_table(rows: list[tuple[int, str, list[dict]]], variants: list[str]) -> str:
+    """One row per (variant, k): means over seeds and the collapsed seeds, k = rollout staleness.
+
+    rows: (k, setting name, that setting's records), in the order to show.
+    """
+    head = "| variant | k (setting) | seeds | collapsed | " + " | ".join(c[1] for c in STALE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(STALE_COLUMNS) + 4)]
+    for variant in variants:
+        for k, name, recs in rows:
+            stats = [run_stats(r) for r in recs if r["variant"] == variant]
+            if not stats:
+                continue
+            collapsed = sum(st["final_reward"] < COLLAPSED for st in stats)
+            cells = [fmt.format(float(np.mean([st[key] for st in stats]))) for key, _, fmt in STALE_COLUMNS]
+            lines.append(f"| {variant} | {k} (`{name}`) | {len(stats)} | {collapsed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
