@@ -234,6 +234,14 @@ def _run_mode(tmp_path, cache, mode, *overrides, steps=2):
         str(steps),
         f"trainer.v1.trainer_mode={mode}",
         *overrides,
+        # One sequence per micro-batch in both passes, so the old-log-prob pass and the update do the
+        # same arithmetic on each sequence and rho differs from 1 only through the weights. (With the
+        # recipe's token budget the pass packs all 32 responses of a step into one micro-batch, the
+        # update 8: float rounding alone then moves rho by up to 2e-6 on this model.)
+        "actor_rollout_ref.actor.use_dynamic_bsz=false",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=false",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
         # the shortest run that proves it: no validation, no checkpoint
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
