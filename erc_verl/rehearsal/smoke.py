@@ -10,7 +10,8 @@ and the command prints them. The pieces:
 * run_folder.py: one new run folder per run, `latest`, the status marker, verl's file log;
 * runner.py: main_ppo in its own process group, stopped as a whole, its console captured;
 * ray_cluster.py: the local Ray cluster of several nodes (NNODES > 1), torn down on any exit;
-* layout_probe.py: where each training rank ran, read from Ray inside the workers.
+* layout_probe.py: where each training rank ran, read from Ray inside the workers;
+* trainer_mode.py: the recipe's trainer mode, and what separate_async adds on CPU.
 
 Every run writes a new folder runs/smoke/RECIPE/<time>/ (`latest` points at the newest that
 trained a step), or exactly DIR with `--out DIR`. `--out DIR` or `--resume DIR` of an existing
