@@ -142,18 +142,14 @@ def _on_actor(rule):
     return whole
 
 
-# verl 0.9.1's trainers, each either verified with ERC or refused (docs/algorithm.md, "Trainer modes"):
-# - main_ppo's V1 trainer modes (verl/trainer/ppo/v1: trainer_sync.py, trainer_colocate_async.py,
-#   trainer_separate_async.py register them; trainer.v1.trainer_mode picks one): the weights
-#   H_old comes from, as the smoke tests measure it (tests/test_async_modes.py);
-V1_TRAINER_MODES = {
-    "sync": "the weights at the start of the step (the rollout's own)",
-    "colocate_async": "the weights at the start of the step; rollouts may be a weight version older",
-    "separate_async": "the weights at the start of each parameter_sync_step cycle, restored for every "
-    "old-log-prob pass of the cycle; rollouts may be a weight version older",
-}
+# verl 0.9.1's trainers, each either verified with ERC or refused (docs/algorithm.md, "Trainer
+# modes", says where H_old comes from in each):
+# - main_ppo's V1 trainer modes (verl/trainer/ppo/v1: trainer_sync.py, trainer_colocate_async.py and
+#   trainer_separate_async.py register them; trainer.v1.trainer_mode picks one), verified through
+#   main_ppo on CPU (tests/test_async_modes.py);
 # - the v0 trainer (trainer.use_v1=false): verified, without dynamic sampling (v0_trainer_problem);
 # - verl/experimental's one-step-off-policy and fully-async trainers: refused (ASYNC_TRAINER_PROBLEM).
+V1_TRAINER_MODES = ("sync", "colocate_async", "separate_async")
 
 
 def async_trainer_problem(cfg) -> str | None:
