@@ -94,6 +94,16 @@ def test_check_passes_on_every_recipe(capsys):
     assert "8/8 recipes OK" in out
 
 
+@pytest.mark.parametrize("override", ["actor_rollout_ref.actor.use_kl_loss=true", "algorithm.use_kl_in_reward=true"])
+def test_check_passes_on_every_recipe_with_a_reference_model(capsys, override):
+    """verl builds the reference model's config from `ref` with its log-prob keys renamed; so does the check."""
+    assert run_check(["-o", override]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name in RUNS:
+        assert f"OK   {name}:" in out and out.split(f"OK   {name}:")[1].split("\n")[0].endswith("ref=True"), out
+    assert "8/8 recipes OK" in out
+
+
 def _flat(name):
     from omegaconf import OmegaConf
 
