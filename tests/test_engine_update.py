@@ -146,7 +146,7 @@ def test_open_band_updates_exactly_like_vanilla(model_dir, rollout, layout):
     # nested: the V1 trainer's batch layout; padded: the v0 trainer's (ray_trainer.py) layout.
     _, vanilla_after, vanilla_metrics = old_pass_and_update(build(model_dir, "vanilla"), rollout, layout=layout)
     before, erc_after, erc_metrics = old_pass_and_update(
-        build(model_dir, "dapo_erc", entropy_ratio_low=1e-9, entropy_ratio_high=1e9), rollout, layout=layout
+        build(model_dir, "dapo_erc", entropy_ratio_low=0.5, entropy_ratio_high=2.0), rollout, layout=layout
     )
     assert max_change(before, erc_after) > 0
     for name in vanilla_after:

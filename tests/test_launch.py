@@ -57,7 +57,18 @@ CASES = [
         ["actor_rollout_ref.actor.policy_loss.entropy_ratio_lo=0.9"],
         ["did you mean actor_rollout_ref.actor.policy_loss.entropy_ratio_low"],
     ),
-    ({}, ["actor_rollout_ref.actor.policy_loss.entropy_ratio_low=1.5"], ["entropy_ratio_low must lie in (0, 1)"]),
+    ({}, ["actor_rollout_ref.actor.policy_loss.entropy_ratio_low=1.5"], ["entropy_ratio_low=1.5 is outside [0.5, 1)"]),
+    # a band typed as an epsilon (the paper writes its band as epsilon 0.05)
+    (
+        {},
+        ["actor_rollout_ref.actor.policy_loss.entropy_ratio_low=0.05"],
+        ["entropy_ratio_low=0.05 is outside", "bounds", "low 0.95, high 1.05"],
+    ),
+    (
+        {},
+        ["actor_rollout_ref.actor.policy_loss.entropy_ratio_high=50"],
+        ["entropy_ratio_high=50 is outside", "bounds", "low 0.95, high 1.05"],
+    ),
     ({}, ["trainer.total_epochs=abc"], ["'abc' is not a number"]),
     ({"GPUS_PER_NODE": "3"}, [], ["Ulysses size 4 does not divide"]),
     (
