@@ -152,11 +152,14 @@ def make_ppo_loss(verl_ppo_loss):
     return ppo_loss
 
 
-# Where the update batch carries each response's reward: verl's `token_level_rewards` (v0
-# trainer; V1 trainer with use_kl_in_reward), else the V1 trainer's `rm_scores` (its
-# token_level_rewards before any KL penalty, as V1's own metrics fall back to). Both reach the
+# Where the update batch carries each response's reward before any KL penalty, first found
+# wins: the v0 trainer's `token_level_scores`, the V1 trainer's `rm_scores` (verl 0.9.1
+# trainer/ppo/v1/trainer_base.py `_compute_advantage` reads them as token_level_scores), else
+# `token_level_rewards`. With algorithm.use_kl_in_reward, verl's apply_kl_penalty stores
+# token_level_rewards = scores - beta * KL beside them (v1 trainer_base.py ~1753-1789,
+# ray_trainer.py ~1637), whose sum never equals a correct answer's reward. Every field reaches the
 # worker: V1's update batch holds every field stored for its samples, v0's the whole DataProto.
-REWARD_FIELDS = ("token_level_rewards", "rm_scores")
+REWARD_FIELDS = ("token_level_scores", "rm_scores", "token_level_rewards")
 
 
 def add_positive_nll(config, model_output, data, loss, metrics):
