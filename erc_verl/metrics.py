@@ -54,7 +54,9 @@ def mini_batch_keep_fractions(metrics: dict) -> dict:
         return out
     fractions = list(fractions)
     if kept is not None and tokens is not None and len(kept) == len(tokens) == len(fractions):
-        fractions = [float(k) / float(t) if float(t) > 0 else f for k, t, f in zip(kept, tokens, fractions, strict=True)]
+        fractions = [
+            float(k) / float(t) if float(t) > 0 else f for k, t, f in zip(kept, tokens, fractions, strict=True)
+        ]
         out[KEEP_KEY] = fractions
     if fractions:
         out[FIRST_MB_KEY] = [fractions[0]]

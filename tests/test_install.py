@@ -109,8 +109,8 @@ def _declared_closure(extra: str) -> set[str]:
     """This checkout's runtime dependencies and `extra`, with everything they require in turn (read
     from the installed packages' metadata), as normalised distribution names."""
     import importlib.metadata as md
-    import tomllib
 
+    import tomllib
     from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -35,9 +35,7 @@ def env(tmp_path):
 
 
 def refused(env, *args, cwd=None):
-    proc = subprocess.run(
-        ["bash", str(LAUNCH), *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd
-    )
+    proc = subprocess.run(["bash", str(LAUNCH), *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("launch.sh: error: "), proc.stderr

@@ -280,7 +280,6 @@ def test_a_band_typed_as_an_epsilon_is_refused_in_one_line_that_says_the_fields_
         assert "bounds" in line and "not an epsilon" in line and "low 0.95, high 1.05" in line
 
 
-
 def test_stock_losses_stay_verls_own_functions():
     # The plugin registers its three modes and leaves every other entry of verl's registry alone.
     from verl.trainer.ppo import core_algos

@@ -124,7 +124,12 @@ def test_an_all_kept_update_logs_exactly_one_and_the_first_mini_batchs_keep_frac
     batch, advantages = rollout
     worker = engine_cpu.build_actor_worker(
         model_dir,
-        policy_loss={"_target_": ERC_TARGET, "loss_mode": "dapo_erc", "entropy_ratio_low": 0.5, "entropy_ratio_high": 2.0},
+        policy_loss={
+            "_target_": ERC_TARGET,
+            "loss_mode": "dapo_erc",
+            "entropy_ratio_low": 0.5,
+            "entropy_ratio_high": 2.0,
+        },
         micro_batch_size=1,
         ppo_mini_batch_size=4,
         lr=1e-4,

@@ -243,7 +243,9 @@ def test_lora_variants_the_server_cannot_serve_are_refused_naming_the_fix():
     with pytest.raises(NotImplementedError, match="use_dora.*lora.merge=true"):
         lora_merged_weights({}, adapter, {"r": 2, "lora_alpha": 4, "use_dora": True})
     with pytest.raises(ValueError, match="lacks its B matrix"):
-        lora_merged_weights({"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4)}, adapter, {"r": 2, "lora_alpha": 4})
+        lora_merged_weights(
+            {"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4)}, adapter, {"r": 2, "lora_alpha": 4}
+        )
 
 
 def test_a_sample_is_seeded_from_its_request_not_its_replica():

@@ -210,7 +210,9 @@ def _lora_module(key: str) -> str:
             key = key[: -len(suffix)]
             break
     else:
-        raise ValueError(f"hf rollout: {key!r} is not a LoRA A or B matrix (only plain LoRA on linear layers is served)")
+        raise ValueError(
+            f"hf rollout: {key!r} is not a LoRA A or B matrix (only plain LoRA on linear layers is served)"
+        )
     for prefix in ("base_model.model.", "base_model."):
         if key.startswith(prefix):
             key = key[len(prefix) :]
