@@ -4,8 +4,8 @@ One ERC recipe and one baseline run as they would on a cluster (V1 trainer, dyna
 `acc`, the paper's reward, validation, checkpoint, file logger), with the CPU overrides of
 erc_verl/rehearsal/overrides.py, through the smoke's command line. The ERC run, with LoRA and a
 KL loss against the reference model, stops after its step-2 checkpoint and is resumed for step
-3; the baseline runs on a local Ray cluster of two nodes. Everything is asserted from verl's file logs, layout.json and the run folder. A few
-minutes each on 2 cores; marked slow.
+3; the baseline runs on a local Ray cluster of two nodes. Everything is asserted from verl's file
+logs, layout.json and the run folder. A few minutes each on 2 cores; marked slow.
 """
 
 import json
