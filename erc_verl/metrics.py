@@ -50,7 +50,7 @@ def mini_batch_keep_fractions(metrics: dict) -> dict:
     out = dict(metrics)
     kept, tokens = out.pop(KEEP_COUNT_KEY, None), out.pop(TOKEN_COUNT_KEY, None)
     fractions = out.get(KEEP_KEY)
-    if fractions is None:
+    if not isinstance(fractions, list | tuple):  # not one value per mini-batch: left as it is
         return out
     fractions = list(fractions)
     if kept is not None and tokens is not None and len(kept) == len(tokens) == len(fractions):

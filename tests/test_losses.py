@@ -367,3 +367,24 @@ def test_erc_metrics_reduce_in_one_host_transfer(monkeypatch, global_info):
     assert value("actor/entropy_ratio_min") == pytest.approx(0.9) and value("actor/entropy_ratio_max") == pytest.approx(
         1.5
     )
+
+
+def test_mini_batch_keep_fraction_is_a_count_ratio_and_the_first_is_logged_alone():
+    from erc_verl.metrics import mini_batch_keep_fractions
+
+    shares = [1 / 54 * n for n in (15, 14, 13, 12)]  # what summing micro-batch shares gives
+    summed = sum(shares)
+    assert summed != 1.0  # 0.9999999999999999
+    out = mini_batch_keep_fractions(
+        {
+            "actor/erc_keep_frac": [summed, 0.25],
+            "actor/erc_keep_count": [54.0, 9.5],  # verl's mean over ranks may halve a count
+            "actor/erc_response_tokens": [54.0, 38.0],
+            "actor/pg_loss": [0.1, 0.2],
+        }
+    )
+    assert out == {
+        "actor/erc_keep_frac": [1.0, 0.25],
+        "actor/erc_keep_frac_first_mb": [1.0],
+        "actor/pg_loss": [0.1, 0.2],
+    }
