@@ -24,6 +24,10 @@ the model's EOS ids. Validation's ``val_kwargs`` reach it the same way: verl's a
 them into ``sampling_params``. Concurrent requests with the same sampling settings are batched
 into one left-padded generation with a KV cache.
 
+LoRA: with verl's adapter sync (model.lora.merge=false) the server gets the base weights once
+(or keeps the model folder's) and then each step's adapter, and serves base + adapter merged into
+its weights (lora_merged_weights); with model.lora.merge=true the actor sends merged weights.
+
 It is a smoke-test and demo backend for small models on CPU, not a serving engine.
 """
 
