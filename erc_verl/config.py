@@ -11,6 +11,29 @@ POSITIVE_NLL_NORMS = ("micro", "global")
 POSITIVE_NLL_COMPARES = ("eq", "ge")
 
 
+# The band a config may set: each bound within a factor 2 of 1. The paper's band is 0.95 / 1.05
+# (written as epsilon 0.05); a bound outside this range is almost surely an epsilon typed into a
+# bound's field (entropy_ratio_low=0.05 keeps every token whose entropy fell by up to 95%), or
+# a band so wide (the entropy may halve or double) that the gate no longer constrains anything.
+BAND_LOW_RANGE = (0.5, 1.0)  # [0.5, 1)
+BAND_HIGH_RANGE = (1.0, 2.0)  # (1, 2]
+
+
+def band_problem(low, high) -> str | None:
+    """The one line refusing an entropy-ratio band outside the plausible range, or None."""
+    if not BAND_LOW_RANGE[0] <= low < BAND_LOW_RANGE[1]:
+        field_name, value, allowed, paper = "entropy_ratio_low", low, "[0.5, 1)", 0.95
+    elif not BAND_HIGH_RANGE[0] < high <= BAND_HIGH_RANGE[1]:
+        field_name, value, allowed, paper = "entropy_ratio_high", high, "(1, 2]", 1.05
+    else:
+        return None
+    return (
+        f"policy_loss.{field_name}={value} is outside {allowed}: the two band fields are bounds on "
+        "H_cur / H_old, not an epsilon (the paper's band: low 0.95, high 1.05, i.e. epsilon 0.05); "
+        f"fix: actor_rollout_ref.actor.policy_loss.{field_name}={paper}"
+    )
+
+
 def _require_count(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"policy_loss.{name} must be an integer >= {minimum}, got {value!r}")
@@ -24,10 +47,11 @@ class ERCPolicyLossConfig(PolicyLossConfig):
     `actor_rollout_ref.actor.policy_loss` (the recipes and the shipped Hydra snippet do).
     """
 
-    # Lower bound of the entropy-ratio band. A response token keeps its gradient only when
-    # entropy_ratio_low < H_cur / H_old < entropy_ratio_high (strict). Paper: 0.95.
+    # Lower bound of the entropy-ratio band (a bound, not an epsilon). A response token keeps its
+    # gradient only when entropy_ratio_low < H_cur / H_old < entropy_ratio_high (strict). Paper:
+    # 0.95. Refused outside [0.5, 1) (band_problem).
     entropy_ratio_low: float = 0.95
-    # Upper bound of the entropy-ratio band. Paper: 1.05.
+    # Upper bound of the entropy-ratio band. Paper: 1.05. Refused outside (1, 2].
     entropy_ratio_high: float = 1.05
     # CE-GPPO (arXiv 2509.20712) weight on the gradient of tokens clipped below 1 - clip_ratio_low
     # with negative advantage. 1.0 is GPPO (arXiv 2508.07629), 0.0 is plain PPO-clip.
@@ -96,12 +120,9 @@ class ERCPolicyLossConfig(PolicyLossConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"policy_loss.{name} must be a finite number, got {value!r}")
-        if not 0.0 < self.entropy_ratio_low < 1.0:
-            raise ValueError(
-                f"policy_loss.entropy_ratio_low must lie in (0, 1), got {self.entropy_ratio_low} (paper: 0.95)"
-            )
-        if not self.entropy_ratio_high > 1.0:
-            raise ValueError(f"policy_loss.entropy_ratio_high must be > 1, got {self.entropy_ratio_high} (paper: 1.05)")
+        problem = band_problem(self.entropy_ratio_low, self.entropy_ratio_high)
+        if problem:
+            raise ValueError(problem)
         for name in ("gppo_beta_low", "gppo_beta_high"):
             if getattr(self, name) < 0:
                 raise ValueError(f"policy_loss.{name} must be >= 0 (1.0 is GPPO), got {getattr(self, name)}")

@@ -207,7 +207,7 @@ def positive_nll_coeff(policy_loss_config) -> float:
 def missing_rewards_error(coeff: float) -> ValueError:
     return ValueError(
         f"policy_loss.positive_nll_coeff={coeff} needs each response's reward in the actor update "
-        "(`token_level_rewards` or `rm_scores`), which did not reach it. Set "
+        "(`token_level_scores`, `rm_scores` or `token_level_rewards`), which did not reach it. Set "
         "actor_rollout_ref.actor.policy_loss.positive_nll_coeff=0 for the paper text's objective."
     )
 
@@ -232,7 +232,7 @@ def positive_nll_term(
     """`(coeff * positive_nll_loss(...), metrics)` for one micro-batch, or `(None, {})` with coeff 0.
 
     config: the actor config (its policy_loss.positive_nll_*). token_level_rewards: (bsz, T)
-    rewards of the micro-batch's responses (verl's `token_level_rewards`, or `rm_scores`).
+    rewards of the micro-batch's responses before any KL penalty (verl's `token_level_scores` or `rm_scores`).
     mini_batch_positives: the mini-batch's global positive counts, required by
     positive_nll_norm=global.
     Metrics, aggregated like verl's `actor/pg_loss` (SUM of global shares, or MEAN of

@@ -1,7 +1,7 @@
 """Entropy-ratio statistics logged by every update that has both entropies.
 
-Names (after verl's `actor/` prefix): erc_keep_frac, erc_clip_frac_low, erc_clip_frac_high,
-entropy_ratio_mean, entropy_ratio_min, entropy_ratio_max.
+Names (after verl's `actor/` prefix): erc_keep_frac, erc_keep_frac_first_mb, erc_clip_frac_low,
+erc_clip_frac_high, entropy_ratio_mean, entropy_ratio_min, entropy_ratio_max.
 
 Aggregation. verl 0.9.1's engine calls the loss once per micro-batch and then reduces each
 metric over micro-batches and data-parallel ranks. A fraction must be weighted by tokens, not
@@ -11,12 +11,22 @@ count * dp_size / batch_num_tokens as a SUM metric (verl averages SUM metrics ov
 sums over micro-batches: sum of all counts / batch_num_tokens). min and max use MIN/MAX
 aggregation. Without global counts (a direct call, or an actor that does not provide them)
 plain floats for the micro-batch are returned, as verl's own loss functions do.
+
+The keep fraction of a mini-batch is a ratio of token counts: with global counts each micro-batch
+also reports its kept and response token counts (SUM), and `mini_batch_keep_fractions` (run on
+the lists verl's TrainingWorker.train_mini_batch returns, one value per mini-batch) replaces the
+summed shares with kept / response tokens, so a mini-batch that keeps every token logs exactly
+1.0, and adds `erc_keep_frac_first_mb`, the keep fraction of the step's first mini-batch. That
+mini-batch is updated with the weights the old-log-prob pass used, so on a synchronous run every
+ratio is 1 up to numerical noise between the two passes (other micro-batch shapes, other kernels):
+a value below 1 is that noise cutting tokens (docs/numerics.md, "Rounding check").
 """
 
 import math
 
 import torch
 
+# What the loss reports per micro-batch (erc_keep_frac_first_mb is added per step, below).
 METRIC_NAMES = (
     "actor/erc_keep_frac",
     "actor/erc_clip_frac_low",
@@ -25,6 +35,32 @@ METRIC_NAMES = (
     "actor/entropy_ratio_min",
     "actor/entropy_ratio_max",
 )
+
+
+KEEP_KEY = "actor/erc_keep_frac"
+FIRST_MB_KEY = "actor/erc_keep_frac_first_mb"
+# Per micro-batch counts behind KEEP_KEY, consumed by mini_batch_keep_fractions (never logged).
+KEEP_COUNT_KEY = "actor/erc_keep_count"
+TOKEN_COUNT_KEY = "actor/erc_response_tokens"
+
+
+def mini_batch_keep_fractions(metrics: dict) -> dict:
+    """The update's metrics ({name: one value per mini-batch}) with KEEP_KEY as kept / response
+    tokens of each mini-batch, the count keys removed, and FIRST_MB_KEY: the first mini-batch's."""
+    out = dict(metrics)
+    kept, tokens = out.pop(KEEP_COUNT_KEY, None), out.pop(TOKEN_COUNT_KEY, None)
+    fractions = out.get(KEEP_KEY)
+    if not isinstance(fractions, list | tuple):  # not one value per mini-batch: left as it is
+        return out
+    fractions = list(fractions)
+    if kept is not None and tokens is not None and len(kept) == len(tokens) == len(fractions):
+        fractions = [
+            float(k) / float(t) if float(t) > 0 else f for k, t, f in zip(kept, tokens, fractions, strict=True)
+        ]
+        out[KEEP_KEY] = fractions
+    if fractions:
+        out[FIRST_MB_KEY] = [fractions[0]]
+    return out
 
 
 @torch.no_grad()
@@ -85,6 +121,8 @@ def entropy_ratio_metrics(
     out = {key: Metric(AggregationType.SUM, value * scale) for key, value in sums.items()}
     out["actor/entropy_ratio_min"] = Metric(AggregationType.MIN, ratio_min)
     out["actor/entropy_ratio_max"] = Metric(AggregationType.MAX, ratio_max)
+    out[KEEP_COUNT_KEY] = Metric(AggregationType.SUM, keep_n)
+    out[TOKEN_COUNT_KEY] = Metric(AggregationType.SUM, n_local)
     return out
 
 

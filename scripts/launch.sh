@@ -24,8 +24,8 @@ Optional:
   WANDB_API_KEY  wandb logs online when set; otherwise set WANDB_MODE=offline (or log in first)
   PYTHON         the GPU environment's interpreter, with verl and erc_verl installed (default:
                  python3 on PATH, never the project's .venv, which holds CPU torch)
-Before Ray starts, a real launch runs the offline check (erc_verl.repro.check.preflight): the
-recipe with your overrides, MODEL_PATH/TRAIN_FILES/VAL_FILES, CUDA in PYTHON (single node) or the
+Before Ray starts, a real launch checks that PYTHON loads erc_verl with verl 0.9.1, then runs the
+offline check (erc_verl.repro.check.preflight): the recipe with your overrides, MODEL_PATH/TRAIN_FILES/VAL_FILES, CUDA in PYTHON (single node) or the
 Ray cluster's GPUs and CPUs (RAY_ADDRESS). The driver's console goes to $CKPT_DIR/<run>/driver.log.
 Outputs: $CKPT_DIR/<run>/global_step_*/ and $CKPT_DIR/<run>/logs/metrics-<time>.jsonl
 (`scripts/erc-verl table $CKPT_DIR/<run>`, `scripts/erc-verl plot ...`).
@@ -81,6 +81,36 @@ done
 RECIPE="${1%.yaml}"
 shift
 
+# The interpreter itself, before anything imports verl: it must exist, hold erc_verl, and load it
+# (erc_verl refuses a missing verl or another release at import; its message names the fix).
+# One line and exit 2, never a traceback.
+check_interpreter() {
+  local py="$1" name="$2" problem rc=0
+  local other="$name=/path/to/gpu-env/bin/python"
+  command -v "$py" >/dev/null 2>&1 || die "$name=$py: no such interpreter; fix: $name=/path/to/gpu-env/bin/python (the environment with verl and erc_verl)"
+  problem="$("$py" - "$name" "$other" 2>/dev/null <<'PY'
+import importlib.util
+import logging
+import sys
+
+name, other = sys.argv[1], sys.argv[2]
+if importlib.util.find_spec("erc_verl") is None:
+    print(f"{name}={sys.executable} has no erc_verl; fix: install it there (docs/install.md), or {other}")
+    sys.exit(0)
+logger = logging.getLogger("erc_verl")  # the import's own warning would be a second line
+logger.addHandler(logging.NullHandler())
+logger.propagate = False
+try:
+    import erc_verl  # noqa: F401  (checks the installed verl release)
+except Exception as exc:
+    text = " ".join(str(exc).split())
+    print(f"{name}={sys.executable} cannot load erc_verl: {text} Or choose another interpreter: {other}")
+PY
+)" || rc=$?
+  [[ -z "$problem" ]] || die "$problem"
+  [[ "$rc" -eq 0 ]] || die "$name=$py does not run as a Python 3 interpreter (exit $rc); fix: $name=/path/to/gpu-env/bin/python"
+}
+
 # The offline config check (erc_verl/repro/check), before anything starts Ray: one line naming
 # the problem and the fix. The smoke checks the user's overrides on the recipe (its own CPU
 # layout is added by the smoke); the real launch also checks paths, CUDA and Ray resources.
@@ -98,6 +128,7 @@ if [[ "$SMOKE" -eq 1 ]]; then
   # shellcheck source=setup_venv.sh
   source "$SCRIPT_DIR/setup_venv.sh"
   [[ "$DRY_RUN" -eq 1 ]] && SMOKE_ARGS+=(--dry-run)
+  check_interpreter "$ERC_VERL_PYTHON" ERC_VERL_PYTHON
   preflight_smoke "$ERC_VERL_PYTHON" "$RECIPE" "$@"
   exec "$ERC_VERL_PYTHON" -m erc_verl.rehearsal.smoke "${SMOKE_ARGS[@]}" "$RECIPE" "$@"
 fi
@@ -221,6 +252,7 @@ echo
 if [[ "$DRY_RUN" -eq 1 ]]; then
   exit 0
 fi
+check_interpreter "$PYTHON" PYTHON
 "$PYTHON" -m erc_verl.repro.check.preflight --real "$RECIPE" "$@" || exit 2
 mkdir -p "$LOG_DIR"
 # The driver's console output, next to verl's file log (appended: a rerun keeps the earlier one).

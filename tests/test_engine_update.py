@@ -146,7 +146,7 @@ def test_open_band_updates_exactly_like_vanilla(model_dir, rollout, layout):
     # nested: the V1 trainer's batch layout; padded: the v0 trainer's (ray_trainer.py) layout.
     _, vanilla_after, vanilla_metrics = old_pass_and_update(build(model_dir, "vanilla"), rollout, layout=layout)
     before, erc_after, erc_metrics = old_pass_and_update(
-        build(model_dir, "dapo_erc", entropy_ratio_low=1e-9, entropy_ratio_high=1e9), rollout, layout=layout
+        build(model_dir, "dapo_erc", entropy_ratio_low=0.5, entropy_ratio_high=2.0), rollout, layout=layout
     )
     assert max_change(before, erc_after) > 0
     for name in vanilla_after:
@@ -175,6 +175,7 @@ def test_papers_band_cuts_some_off_policy_tokens(peaked_model_dir, rollout, mode
         assert len(raw[key]) == len(rhos) and all(math.isfinite(v) for v in raw[key]), key
     assert_logged_fractions_are_the_replays(raw, rhos)
     assert raw["actor/erc_keep_frac"][0] == 1.0  # on-policy: H_cur is H_old
+    assert raw["actor/erc_keep_frac_first_mb"] == [1.0]  # logged as its own metric, once per step
     later = torch.cat(rhos[1:])
     assert 0 < int(((later > LOW) & (later < HIGH)).sum()) < later.numel()  # the band cuts some, not all
 
@@ -233,6 +234,7 @@ def test_monitor_keep_fraction_is_computed_from_each_mini_batchs_entropies(peake
     raw, rhos = update_and_replay(peaked_model_dir, rollout, "vanilla", mini=2, lr=1e-2, entropy_ratio_monitor=True)
     assert_logged_fractions_are_the_replays(raw, rhos)
     assert min(raw["actor/erc_keep_frac"]) < 1.0  # the policy moved: the comparison is not 1 == 1
+    assert raw["actor/erc_keep_frac_first_mb"] == [raw["actor/erc_keep_frac"][0]] == [1.0]
 
 
 @pytest.mark.parametrize(

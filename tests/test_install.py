@@ -105,6 +105,59 @@ def test_matplotlib_is_an_extra_not_a_runtime_dependency():
     assert not any("flash-attn" in dep for dep in project["optional-dependencies"]["gpu"])
 
 
+def _declared_closure(extra: str) -> set[str]:
+    """This checkout's runtime dependencies and `extra`, with everything they require in turn (read
+    from the installed packages' metadata), as normalised distribution names."""
+    import importlib.metadata as md
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][extra]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = md.requires(req.name) or []
+        except md.PackageNotFoundError:
+            continue
+        for text in requires:
+            sub = Requirement(text)
+            extras = ("", *req.extras)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(sub)
+    return seen
+
+
+def test_every_package_the_tests_and_benchmarks_import_comes_with_the_test_extra():
+    """`pip install -e '.[test]'` (what contributors install) runs the tests and the CPU benchmarks."""
+    import importlib.metadata as md
+
+    local = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {p.stem for p in (ROOT / "benchmarks").rglob("*.py")}
+    local |= {"erc_verl", "harness", "dynamics"}
+    owners = md.packages_distributions()
+    declared = _declared_closure("test")
+    missing = {}
+    for path in sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names} - local - set(sys.stdlib_module_names):
+                dists = owners.get(top, [top])
+                if not any(d.lower().replace("_", "-") in declared for d in dists):
+                    missing.setdefault(top, str(path.relative_to(ROOT)))
+    assert not missing, f"imported but not in erc-verl[test]'s dependencies: {missing}"
+
+
 # ---- the installed torch --------------------------------------------------------------------------
 
 

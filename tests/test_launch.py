@@ -34,8 +34,8 @@ def env(tmp_path):
     return base
 
 
-def refused(env, *args):
-    proc = subprocess.run(["bash", str(LAUNCH), *args], env=env, capture_output=True, text=True, timeout=300)
+def refused(env, *args, cwd=None):
+    proc = subprocess.run(["bash", str(LAUNCH), *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("launch.sh: error: "), proc.stderr
@@ -57,7 +57,18 @@ CASES = [
         ["actor_rollout_ref.actor.policy_loss.entropy_ratio_lo=0.9"],
         ["did you mean actor_rollout_ref.actor.policy_loss.entropy_ratio_low"],
     ),
-    ({}, ["actor_rollout_ref.actor.policy_loss.entropy_ratio_low=1.5"], ["entropy_ratio_low must lie in (0, 1)"]),
+    ({}, ["actor_rollout_ref.actor.policy_loss.entropy_ratio_low=1.5"], ["entropy_ratio_low=1.5 is outside [0.5, 1)"]),
+    # a band typed as an epsilon (the paper writes its band as epsilon 0.05)
+    (
+        {},
+        ["actor_rollout_ref.actor.policy_loss.entropy_ratio_low=0.05"],
+        ["entropy_ratio_low=0.05 is outside", "bounds", "low 0.95, high 1.05"],
+    ),
+    (
+        {},
+        ["actor_rollout_ref.actor.policy_loss.entropy_ratio_high=50"],
+        ["entropy_ratio_high=50 is outside", "bounds", "low 0.95, high 1.05"],
+    ),
     ({}, ["trainer.total_epochs=abc"], ["'abc' is not a number"]),
     ({"GPUS_PER_NODE": "3"}, [], ["Ulysses size 4 does not divide"]),
     (
@@ -101,3 +112,41 @@ def test_real_launch_never_picks_the_project_venv(env):
     )
     assert proc.returncode == 0, proc.stderr
     assert "/.venv/bin/python" not in proc.stdout and "PYTHON=" in proc.stdout
+
+
+def _venv(tmp_path, name, *, checkout=False, verl=None):
+    """A bare venv (no pip, none of this venv's packages); `checkout`: erc_verl importable from this
+    checkout through a .pth file; `verl`: an installed-package record of that verl release."""
+    venv = tmp_path / name
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    (site,) = venv.glob("lib/python*/site-packages")
+    if checkout:
+        (site / "erc_verl_checkout.pth").write_text(str(ROOT) + "\n")
+    if verl:
+        record = site / f"verl-{verl}.dist-info"
+        record.mkdir()
+        (record / "METADATA").write_text(f"Metadata-Version: 2.1\nName: verl\nVersion: {verl}\n")
+    return str(venv / "bin" / "python")
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("missing", ["PYTHON=/no/such/python: no such interpreter", "fix: PYTHON="]),
+        ("no erc_verl", ["has no erc_verl", "fix: install it there", "PYTHON=/path/to/gpu-env/bin/python"]),
+        ("no verl", ["cannot load erc_verl", "verl is not installed", "pip install 'verl==0.9.1'"]),
+        ("other verl", ["cannot load erc_verl", "found verl 0.8.0", "pip install 'verl==0.9.1'"]),
+    ],
+)
+def test_an_interpreter_without_erc_verl_or_verl_0_9_1_is_refused_in_one_line(env, tmp_path, kind, expected):
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # the interpreter finds erc_verl or not by itself
+    python = {
+        "missing": lambda: "/no/such/python",
+        "no erc_verl": lambda: _venv(tmp_path, "bare"),
+        "no verl": lambda: _venv(tmp_path, "noverl", checkout=True),
+        "other verl": lambda: _venv(tmp_path, "otherverl", checkout=True, verl="0.8.0"),
+    }[kind]()
+    # Not from the checkout: `python -` and `python -m` would find its erc_verl in the working directory.
+    line = refused({**env, "PYTHON": python}, RECIPE, cwd=tmp_path)
+    for part in expected:
+        assert part in line, line

@@ -16,7 +16,8 @@ from erc_verl.losses import entropy_ratio, erc_keep_mask
 from erc_verl.metrics import METRIC_NAMES
 
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-OPEN_BAND = dict(entropy_ratio_low=1e-9, entropy_ratio_high=1e9)
+# The widest band the config accepts; every ratio of these batches lies inside it.
+OPEN_BAND = dict(entropy_ratio_low=0.5, entropy_ratio_high=2.0)
 
 
 def actor_config(loss_mode="dapo_erc", clip_low=0.2, clip_high=0.28, clip_c=10.0, **policy_loss):
@@ -251,8 +252,10 @@ def test_config_validation_names_the_field(field, value):
 @pytest.mark.parametrize(
     "field, value, says",
     [
-        ("entropy_ratio_low", 1.0, "must lie in"),
-        ("entropy_ratio_high", 0.99, "must be > 1"),
+        ("entropy_ratio_low", 1.0, r"entropy_ratio_low=1.0 is outside \[0.5, 1\)"),
+        ("entropy_ratio_low", 0.05, r"entropy_ratio_low=0.05 is outside \[0.5, 1\)"),  # an epsilon typed as a bound
+        ("entropy_ratio_high", 0.99, r"entropy_ratio_high=0.99 is outside \(1, 2\]"),
+        ("entropy_ratio_high", 50, r"entropy_ratio_high=50 is outside \(1, 2\]"),
         ("gppo_beta_low", -0.1, ">= 0"),
         ("positive_nll_coeff", float("nan"), "finite"),
         ("keep_frac_floor", 1.0, "keep_frac_floor"),
@@ -263,6 +266,18 @@ def test_config_validation_names_the_field(field, value):
 def test_config_refuses_values_outside_their_range(field, value, says):
     with pytest.raises(ValueError, match=says):
         ERCPolicyLossConfig(**{field: value})
+
+
+def test_a_band_typed_as_an_epsilon_is_refused_in_one_line_that_says_the_fields_are_bounds():
+    from erc_verl.config import band_problem
+
+    assert band_problem(0.95, 1.05) is None and band_problem(0.5, 2.0) is None
+    for low, high in ((0.05, 1.05), (0.95, 0.05), (0.95, 50.0), (0.49, 1.05), (0.95, 2.01)):
+        with pytest.raises(ValueError) as err:
+            ERCPolicyLossConfig(entropy_ratio_low=low, entropy_ratio_high=high)
+        line = str(err.value)
+        assert line == band_problem(low, high) and "\n" not in line
+        assert "bounds" in line and "not an epsilon" in line and "low 0.95, high 1.05" in line
 
 
 def test_stock_losses_stay_verls_own_functions():
@@ -352,3 +367,24 @@ def test_erc_metrics_reduce_in_one_host_transfer(monkeypatch, global_info):
     assert value("actor/entropy_ratio_min") == pytest.approx(0.9) and value("actor/entropy_ratio_max") == pytest.approx(
         1.5
     )
+
+
+def test_mini_batch_keep_fraction_is_a_count_ratio_and_the_first_is_logged_alone():
+    from erc_verl.metrics import mini_batch_keep_fractions
+
+    shares = [1 / 54 * n for n in (15, 14, 13, 12)]  # what summing micro-batch shares gives
+    summed = sum(shares)
+    assert summed != 1.0  # 0.9999999999999999
+    out = mini_batch_keep_fractions(
+        {
+            "actor/erc_keep_frac": [summed, 0.25],
+            "actor/erc_keep_count": [54.0, 9.5],  # verl's mean over ranks may halve a count
+            "actor/erc_response_tokens": [54.0, 38.0],
+            "actor/pg_loss": [0.1, 0.2],
+        }
+    )
+    assert out == {
+        "actor/erc_keep_frac": [1.0, 0.25],
+        "actor/erc_keep_frac_first_mb": [1.0],
+        "actor/pg_loss": [0.1, 0.2],
+    }

@@ -45,34 +45,51 @@ def tree_digest(root: Path) -> dict:
     }
 
 
+def under_ci() -> bool:
+    """CI services set CI=true; there a missing input fails the run instead of skipping tests."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def release_wheel(version: str, cache: Path = WHEEL_CACHE) -> Path:
+    """verl's release wheel from the cache, downloaded with `pip download` when absent. Without it
+    the patch tests cannot run: under CI that fails the run (a skipped patch test would let a
+    broken patch set pass); elsewhere they are skipped, saying how to provide the wheel."""
+    cache.mkdir(parents=True, exist_ok=True)
+    wheel = cache / f"verl-{version}-py3-none-any.whl"
+    if wheel.exists():
+        return wheel
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"verl=={version}", "-d", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode == 0 and wheel.exists():
+        return wheel
+    why = " ".join(proc.stderr.split())[-300:]
+    message = (
+        f"cannot download verl=={version} ({why}); the patch tests need it: put {wheel.name} into {cache} "
+        "(ERC_VERL_CACHE=DIR puts the cache in DIR/verl-wheels) or give this machine access to PyPI"
+    )
+    if under_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def wheels():
     """The release wheels of verl, downloaded once (a few MB each) into a user cache."""
-    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    found = {}
-    for version in VERSIONS:
-        wheel = WHEEL_CACHE / f"verl-{version}-py3-none-any.whl"
-        if not wheel.exists():
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "-q",
-                    "--no-deps",
-                    f"verl=={version}",
-                    "-d",
-                    str(WHEEL_CACHE),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            if proc.returncode != 0 or not wheel.exists():
-                pytest.skip(f"cannot download verl=={version}: {proc.stderr[-500:]}")
-        found[version] = wheel
-    return found
+    return {version: release_wheel(version) for version in VERSIONS}
+
+
+def test_a_wheel_that_cannot_be_downloaded_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing, at once
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cannot download verl==0.9.1.*ERC_VERL_CACHE"):
+        release_wheel("0.9.1", tmp_path)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="cannot download verl==0.9.1"):
+        release_wheel("0.9.1", tmp_path)
 
 
 @pytest.fixture

@@ -158,6 +158,29 @@ def test_value_and_gradient_match_the_authors_formula(model_dir, rollout, layout
     assert_grad_equals(grads, ref_grads, scale=COEFF, baseline=base_grads)
 
 
+@pytest.mark.parametrize("layout,score_field", [("nested", "rm_scores"), ("padded", "token_level_scores")])
+def test_with_kl_in_the_reward_responses_count_by_their_reward_before_the_penalty(
+    model_dir, rollout, layout, score_field
+):
+    # algorithm.use_kl_in_reward: verl's apply_kl_penalty writes token_level_rewards = scores - beta * KL
+    # (V1 trainer: beside rm_scores; v0: beside token_level_scores), whose sum is never exactly 1.0.
+    batch, _ = rollout
+    rewards = rewards_for(batch, CORRECT)
+    kl = torch.rand(rewards.shape, generator=torch.Generator().manual_seed(1)) * batch["response_mask"]
+    penalised = rewards - 0.001 * kl
+    assert not positive_responses(penalised).any()
+    worker = build(model_dir, "vanilla", COEFF)
+    extra = {score_field: rewards, "token_level_rewards": penalised}
+    old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0, layout=layout)
+    model = engine_cpu.rollout_model(worker)
+    metrics = engine_cpu.update_actor(
+        worker, batch, old_log_probs, old_entropy, rollout[1], temperature=1.0, layout=layout, extra=extra
+    )
+    assert metrics["actor/positive_nll_frac"] == pytest.approx(len(CORRECT) / BSZ)
+    value, _ = reference_nll(model, batch, positive_responses(rewards))
+    assert metrics["actor/positive_nll"] == pytest.approx(value, rel=1e-5)
+
+
 def test_zero_when_no_response_is_correct(model_dir, rollout):
     batch, _ = rollout
     rewards = rewards_for(batch, ())

@@ -94,6 +94,27 @@ def test_check_passes_on_every_recipe(capsys):
     assert "8/8 recipes OK" in out
 
 
+@pytest.mark.parametrize("override", ["actor_rollout_ref.actor.use_kl_loss=true", "algorithm.use_kl_in_reward=true"])
+def test_check_passes_on_every_recipe_with_a_reference_model(capsys, override):
+    """verl builds the reference model's config from `ref` with its log-prob keys renamed; so does the check."""
+    assert run_check(["-o", override]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name in RUNS:
+        assert f"OK   {name}:" in out and out.split(f"OK   {name}:")[1].split("\n")[0].endswith("ref=True"), out
+    assert "8/8 recipes OK" in out
+
+
+def test_check_passes_on_every_recipe_with_lora_saying_what_it_could_not_check(capsys):
+    import importlib.util
+
+    lora = ["-o", "actor_rollout_ref.model.lora_rank=8", "-o", "actor_rollout_ref.model.lora_alpha=16"]
+    assert run_check([*lora, "-o", "actor_rollout_ref.actor.use_kl_loss=true"]) == 0, capsys.readouterr().out
+    ok = [line for line in capsys.readouterr().out.splitlines() if line.startswith("OK   ")]
+    assert len(ok) == 8
+    if importlib.util.find_spec("vllm") is None:  # verl reads vLLM's largest LoRA rank from vLLM itself
+        assert all("not checked here=lora rank 8 against vLLM's largest LoRA rank" in line for line in ok), ok
+
+
 def _flat(name):
     from omegaconf import OmegaConf
 

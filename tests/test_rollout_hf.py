@@ -117,9 +117,9 @@ class _LocalHandle:
     """What `ray.get_actor(...)` gives the adapter, for a server in this process."""
 
     def __init__(self, server):
-        self.load_weights = types.SimpleNamespace(
-            remote=lambda named, steps: asyncio.to_thread(server.load_weights, named, steps)
-        )
+        for name in ("load_weights", "load_adapter"):
+            method = getattr(server, name)
+            setattr(self, name, types.SimpleNamespace(remote=lambda *a, m=method: asyncio.to_thread(m, *a)))
 
 
 def test_rollout_weights_equal_actor_after_update(tiny_model):
@@ -175,6 +175,79 @@ def test_rollout_weights_equal_actor_after_update(tiny_model):
     assert any(not torch.equal(synced[k], before[k]) for k in after)
 
 
+def _adapter_for(server):
+    from erc_verl.cpu.rollout import HFServerAdapter
+
+    adapter = HFServerAdapter.__new__(HFServerAdapter)  # skip BaseRollout's dataclass conversion
+    adapter.config = types.SimpleNamespace(tensor_model_parallel_size=1, data_parallel_size=1)
+    adapter.replica_rank, adapter.is_leader, adapter.sleep_level = 0, True, 0
+    adapter._server = _LocalHandle(server)
+    return adapter
+
+
+@pytest.mark.parametrize("base_sync_done", [False, True])  # load_format=dummy: the base is synced first
+def test_rollout_serves_the_actors_lora_adapter_after_update(tiny_model, base_sync_done):
+    from harness import training_worker as engine
+    from omegaconf import OmegaConf
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    worker = engine.build_actor_worker(
+        tiny_model,
+        lr=0.05,
+        ppo_mini_batch_size=4,
+        micro_batch_size=4,
+        extra_model={"lora_rank": 8, "lora_alpha": 16, "target_modules": "all-linear"},
+    )
+    batch, adv = engine.random_rollout(4, 8, 6, vocab_high=200, seed=0)
+    old_lp, old_ent = engine.compute_old_log_prob(worker, batch)
+    for _ in range(2):  # B starts at zero: after two steps both A and B have moved
+        engine.update_actor(worker, batch, old_lp, old_ent, adv, ppo_mini_batch_size=4)
+    actor_lp, _ = engine.compute_old_log_prob(worker, batch)  # the LoRA policy the rollout must sample from
+    assert (actor_lp - old_lp).abs().max() > 1e-3
+
+    server = _server(tiny_model)
+    fake_self = types.SimpleNamespace(
+        config=OmegaConf.create(
+            {"rollout": {"name": "hf", "free_cache_engine": False, "checkpoint_engine": {"backend": "naive"}}}
+        ),
+        rollout=_adapter_for(server),
+        actor=types.SimpleNamespace(engine=worker.engine),
+        layered_summon=False,
+        peft_merge=False,
+        base_sync_done=base_sync_done,
+    )
+    update = ActorRolloutRefWorker.update_weights
+    update = getattr(update, "__wrapped__", update)
+    for step in (1, 2):  # the second sync adds the adapter to the base again, not to the merged weights
+        asyncio.run(update(fake_self, global_steps=step, mode="naive"))
+        assert server.global_steps == step
+        torch.testing.assert_close(_server_log_probs(server, batch), actor_lp, rtol=0, atol=2e-5)
+
+
+def _server_log_probs(server, batch):
+    """Log-probs of the batch's responses under the server's model, padded like the harness's."""
+    P = batch["prompts"].shape[1]
+    with torch.no_grad():
+        logits = server.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits.float()
+    log_probs = torch.log_softmax(logits[:, P - 1 : -1], dim=-1)
+    token = log_probs.gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
+    return token * batch["response_mask"]
+
+
+def test_lora_variants_the_server_cannot_serve_are_refused_naming_the_fix():
+    from erc_verl.cpu.rollout import lora_merged_weights
+
+    adapter = {"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2, 4)}
+    with pytest.raises(NotImplementedError, match="use_dora.*lora.merge=true"):
+        lora_merged_weights({}, adapter, {"r": 2, "lora_alpha": 4, "use_dora": True})
+    with pytest.raises(ValueError, match="lacks its B matrix"):
+        lora_merged_weights(
+            {"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4)}, adapter, {"r": 2, "lora_alpha": 4}
+        )
+
+
 def test_a_sample_is_seeded_from_its_request_not_its_replica():
     from erc_verl.cpu.rollout import request_generator, sample_next
 
@@ -187,7 +260,8 @@ def test_a_sample_is_seeded_from_its_request_not_its_replica():
     assert request_generator(0, 1, None, [5]) is None  # no sample index: the replica's own stream
     assert draw(2) == draw(2)  # the same request on any replica, in any batch
     assert len({tuple(draw(s)) for s in range(4)}) > 1  # the samples of one group differ
-    assert draw(2, step=2) != draw(2) or draw(2, prompt=(7,)) != draw(2)
+    assert draw(2, step=2) != draw(2)  # another training step draws anew
+    assert draw(2, prompt=(7,)) != draw(2)  # another prompt too
 
 
 def test_a_standalone_replica_adapter_honours_the_replica_rank_verl_passes(tiny_model, monkeypatch):
@@ -255,3 +329,73 @@ def test_weights_never_change_under_a_generating_batch(tiny_model, monkeypatch):
     assert server.global_steps == 5 and server.weight_version == 1
     ((tokens, _, _, version, steps),) = results
     assert len(tokens) == 2 and (version, steps) == (0, 4)
+
+
+def test_each_samples_index_reaches_the_hf_server_through_verls_agent_loop_and_client():
+    """verl's agent loop runs SingleTurnAgentLoop.run(..., session_id=i) for the i-th sample of a
+    group (verl/trainer/ppo/v1/agent_loop_tq.py); erc_verl's wrappers hand i to the hf server as
+    `erc_sample` through verl's own LLMServerClient.generate, for rollout.name=hf only."""
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+    from verl.workers.rollout.llm_server import LLMServerClient
+    from verl.workers.rollout.replica import TokenOutput
+
+    sent = []
+
+    class Remote:
+        def __init__(self, fn):
+            self.remote = fn
+
+    async def acquire(request_id, **fields):
+        return "server-0", server
+
+    async def generate(**kwargs):
+        sent.append(kwargs)
+        return TokenOutput(token_ids=[5, 6], log_probs=None, extra_fields={})
+
+    async def fields():
+        return []
+
+    balancer = types.SimpleNamespace(
+        require_acquire_fields=Remote(fields),
+        require_release_fields=Remote(fields),
+        acquire_server=Remote(acquire),
+        release_server=Remote(lambda **kwargs: None),
+    )
+    server = types.SimpleNamespace(generate=Remote(generate))
+
+    def agent_loop(name):
+        config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"name": name}}})
+        loop = SingleTurnAgentLoop.__new__(SingleTurnAgentLoop)  # the parts run() uses, no tokenizer or Ray
+        loop.server_manager = LLMServerClient(config, balancer)
+        loop.rollout_config = types.SimpleNamespace(full_determinism=False)
+        loop.response_length = 8
+
+        async def no_media(*args, **kwargs):
+            return {}
+
+        async def tokens(messages, **kwargs):
+            return [1, 2, 3]
+
+        async def merge(prompt_ids, response_ids, *args, **kwargs):
+            merged = types.SimpleNamespace(token_ids=prompt_ids + response_ids)
+            return merged, [1] * len(response_ids), None
+
+        loop.process_multi_modal_info = no_media
+        loop._get_mm_processor_kwargs = lambda audios: None
+        loop._assert_mm_supported = lambda has_media: None
+        loop.ct_build_initial_tokens = tokens
+        loop.build_sglang_video_payload = lambda videos, mm_inputs: None
+        loop.ct_merge_assistant_token = merge
+        return loop
+
+    async def run_group(name):
+        loop = agent_loop(name)
+        for i in range(3):  # what _run_prompt does for rollout.n = 3
+            await loop.run({"temperature": 1.0}, session_id=i, raw_prompt=[{"role": "user", "content": "1+2"}])
+
+    asyncio.run(run_group("hf"))
+    assert [call.get("erc_sample") for call in sent] == [0, 1, 2]
+    sent.clear()
+    asyncio.run(run_group("vllm"))  # other backends get verl's call unchanged
+    assert len(sent) == 3 and all("erc_sample" not in call for call in sent)

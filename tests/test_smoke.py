@@ -2,10 +2,10 @@
 
 One ERC recipe and one baseline run as they would on a cluster (V1 trainer, dynamic sampling on
 `acc`, the paper's reward, validation, checkpoint, file logger), with the CPU overrides of
-erc_verl/rehearsal/overrides.py, through the smoke's command line. The ERC run stops after its
-step-2 checkpoint and is resumed for step 3; the baseline runs on a local Ray cluster of two
-nodes. Everything is asserted from verl's file logs, layout.json and the run folder. A few
-minutes each on 2 cores; marked slow.
+erc_verl/rehearsal/overrides.py, through the smoke's command line. The ERC run, with LoRA and a
+KL loss against the reference model, stops after its step-2 checkpoint and is resumed for step
+3; the baseline runs on a local Ray cluster of two nodes. Everything is asserted from verl's file
+logs, layout.json and the run folder. A few minutes each on 2 cores; marked slow.
 """
 
 import json
@@ -119,20 +119,30 @@ def _assert_trained(recipe, run_dir, steps_expected):
     return steps, keep
 
 
+# LoRA with a KL loss against the reference model, which verl runs through the actor without the
+# adapter: the reference pass must not be taken for the old-log-prob pass.
+LORA_KL = [
+    "actor_rollout_ref.model.lora_rank=8",
+    "actor_rollout_ref.model.lora_alpha=16",
+    "actor_rollout_ref.actor.use_kl_loss=true",
+]
+
+
 @pytest.mark.slow
 def test_smoke_run_stopped_after_its_checkpoint_resumes_at_step_3(out_dir):
-    """An ERC recipe: 2 steps (checkpoint at step 2), then the same run folder with --steps 3."""
+    """An ERC recipe with LoRA and a KL loss: 2 steps (checkpoint at step 2), then the same run
+    folder with --steps 3."""
     recipe = "dapo_erc_qwen1.5b"
     run_dir = out_dir / "erc_run"
     cache = out_dir / "cache"
-    first = _smoke(["--out", str(run_dir), "--cache", str(cache), recipe, "--steps", "2"])
+    first = _smoke(["--out", str(run_dir), "--cache", str(cache), recipe, "--steps", "2", *LORA_KL])
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
     assert (run_dir / "global_step_2" / "actor").is_dir()
     (log1,) = _file_logs(run_dir)
     steps1 = read_file_log(log1)
     assert sorted(s for s, m in steps1.items() if "timing_s/update_actor" in m) == [1, 2]
 
-    second = _smoke(["--resume", str(run_dir), "--cache", str(cache), recipe, "--steps", "3"])
+    second = _smoke(["--resume", str(run_dir), "--cache", str(cache), recipe, "--steps", "3", *LORA_KL])
     assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-3000:]
     log2 = [f for f in _file_logs(run_dir) if f != log1]
     assert len(log2) == 1, _file_logs(run_dir)
@@ -140,8 +150,14 @@ def test_smoke_run_stopped_after_its_checkpoint_resumes_at_step_3(out_dir):
     # verl's resume_mode=auto loaded global_step_2: only step 3 was trained the second time
     assert sorted(s for s, m in steps2.items() if "timing_s/update_actor" in m) == [3], sorted(steps2)
     assert read_file_log(log1) == steps1  # the first launch's log is untouched
-    _, keep = _assert_trained(recipe, run_dir, [1, 2, 3])
+    steps, keep = _assert_trained(recipe, run_dir, [1, 2, 3])
     assert any(k < 1.0 for k in keep), keep
+    for s in (1, 2, 3):
+        # the reference model (the base, without the adapter) moves apart from the LoRA policy
+        assert "actor/kl_loss" in steps[s], sorted(steps[s])
+        # a synchronous fp32 run: the first mini-batch's ratios are 1 up to float noise, all kept
+        assert steps[s]["actor/erc_keep_frac_first_mb"] == 1.0, (s, steps[s]["actor/erc_keep_frac_first_mb"])
+    assert steps[3]["actor/kl_loss"] > 0.0
     # each launch saved its console output beside its file log
     consoles = sorted((run_dir / "logs").glob("console-*.log"))
     assert len(consoles) == 2 and "verl.trainer.main_ppo" in consoles[1].read_text()

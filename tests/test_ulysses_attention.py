@@ -99,3 +99,16 @@ def test_block_causal_mask_separates_packed_sequences():
         dtype=torch.bool,
     )
     assert torch.equal(mask, expected)
+
+
+def test_ulysses_sdpa_refuses_a_call_without_position_ids(monkeypatch):
+    import verl.utils.ulysses as verl_ulysses
+
+    from erc_verl.cpu import ulysses
+
+    monkeypatch.setattr(verl_ulysses, "get_ulysses_sequence_parallel_world_size", lambda *a: 2)
+    q = k = v = torch.zeros(1, 4, 6, 8)
+    module = torch.nn.Module()
+    monkeypatch.setattr(ulysses, "_ORIGINAL", lambda *args, **kwargs: (q, None))  # plain sdpa over the shard
+    with pytest.raises(RuntimeError, match="got no position_ids"):
+        ulysses._ulysses_sdpa(module, q, k, v, None, position_ids=None)

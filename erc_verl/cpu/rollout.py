@@ -26,6 +26,10 @@ the model's EOS ids. Validation's ``val_kwargs`` reach it the same way: verl's a
 them into ``sampling_params``. Concurrent requests with the same sampling settings are batched
 into one left-padded generation with a KV cache.
 
+LoRA: with verl's adapter sync (model.lora.merge=false) the server gets the base weights once
+(or keeps the model folder's) and then each step's adapter, and serves base + adapter merged into
+its weights (lora_merged_weights); with model.lora.merge=true the actor sends merged weights.
+
 It is a smoke-test and demo backend for small models on CPU, not a serving engine.
 """
 
@@ -198,6 +202,74 @@ def generate_batch(
 # ----------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------
+# LoRA adapters
+# ----------------------------------------------------------------------------------------
+
+_LORA_A, _LORA_B = ".lora_A.weight", ".lora_B.weight"
+
+
+def _lora_module(key: str) -> str:
+    """The model's module name of an adapter tensor's key (PEFT's `base_model.model.` prefix and
+    adapter name removed)."""
+    for suffix in (_LORA_A, _LORA_B):
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+            break
+    else:
+        raise ValueError(
+            f"hf rollout: {key!r} is not a LoRA A or B matrix (only plain LoRA on linear layers is served)"
+        )
+    for prefix in ("base_model.model.", "base_model."):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+            break
+    return key.removesuffix(".default")
+
+
+def lora_target_weights(adapter: dict) -> set[str]:
+    """The model weights an adapter changes."""
+    return {_lora_module(key) + ".weight" for key in adapter}
+
+
+def lora_merged_weights(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], peft_config: dict):
+    """W = W_base + s * B @ A for every module of the adapter, s = lora_alpha / r (lora_alpha / sqrt(r)
+    with rsLoRA): what PEFT's LoRA layer computes, x W_base^T + s * x A^T B^T, in one matrix.
+
+    Refused (one line naming the fix): DoRA, per-module ranks or alphas, trained biases or extra
+    modules, an A without its B.
+    """
+    unsupported = [
+        name
+        for name, off in (
+            ("use_dora", not peft_config.get("use_dora")),
+            ("rank_pattern", not peft_config.get("rank_pattern")),
+            ("alpha_pattern", not peft_config.get("alpha_pattern")),
+            ("modules_to_save", not peft_config.get("modules_to_save")),
+            ("bias", peft_config.get("bias", "none") in (None, "none")),
+        )
+        if not off
+    ]
+    if unsupported:
+        raise NotImplementedError(
+            f"hf rollout: LoRA with {', '.join(unsupported)} is not served; fix: plain LoRA, or "
+            "actor_rollout_ref.model.lora.merge=true (the actor then sends merged weights)"
+        )
+    rank, alpha = int(peft_config["r"]), float(peft_config["lora_alpha"])
+    scale = alpha / rank**0.5 if peft_config.get("use_rslora") else alpha / rank
+    pairs: dict[str, dict] = {}
+    for key, tensor in adapter.items():
+        pairs.setdefault(_lora_module(key), {})["A" if key.endswith(_LORA_A) else "B"] = tensor
+    merged = {}
+    for module, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise ValueError(f"hf rollout: LoRA adapter of {module} lacks its {'B' if 'A' in ab else 'A'} matrix")
+        weight = base[module + ".weight"]
+        delta = ab["B"].float() @ ab["A"].float()
+        merged[module + ".weight"] = (weight.float() + scale * delta).to(weight.dtype)
+    return merged
+
+
 class HFRolloutServer:
     """Token-in/token-out generation server (a Ray actor) holding one HF model on CPU."""
 
@@ -243,6 +315,8 @@ class HFRolloutServer:
         # Held while a batch generates and while weights load: in the asynchronous trainers a
         # weight update arrives while requests run, and one response must come from one version.
         self._weights_lock = threading.Lock()
+        # The base weights of the modules a LoRA adapter changes, kept from the first adapter on.
+        self._lora_base: dict[str, torch.Tensor] | None = None
         self._queue: list[tuple[list[int], dict, int, asyncio.Future, torch.Generator]] = []
         self._batcher: asyncio.Task | None = None
         self._lock = None
@@ -337,9 +411,15 @@ class HFRolloutServer:
 
     # --- weights -------------------------------------------------------------------------
 
-    def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None = None) -> dict:
-        """Copy the actor's tensors into the model once no batch is generating; returns what was (not) matched."""
+    def load_weights(
+        self, named_tensors: dict[str, torch.Tensor], global_steps: int | None = None, base: bool = True
+    ) -> dict:
+        """Copy the actor's tensors into the model once no batch is generating; returns what was (not)
+        matched. base: they are the weights a LoRA adapter is added to (any earlier copy of the base is
+        dropped)."""
         with self._weights_lock:
+            if base:
+                self._lora_base = None
             return self._load_weights(named_tensors, global_steps)
 
     def _load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None) -> dict:
@@ -359,6 +439,13 @@ class HFRolloutServer:
             self.global_steps = global_steps
         missing = sorted(set(state) - set(loaded))
         return {"loaded": len(loaded), "missing": missing, "version": self.weight_version}
+
+    def load_adapter(self, adapter: dict[str, torch.Tensor], peft_config: dict, global_steps: int | None = None):
+        """Serve a LoRA adapter: the model's weights become base + adapter (lora_merged_weights)."""
+        if self._lora_base is None:  # the model holds the base: loaded from the model folder or a base sync
+            state = self.model.state_dict()
+            self._lora_base = {k: v.detach().clone() for k, v in state.items() if k in lora_target_weights(adapter)}
+        return self.load_weights(lora_merged_weights(self._lora_base, adapter, peft_config), global_steps, base=False)
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -477,10 +564,9 @@ class HFServerAdapter(BaseRollout):
     ):
         if wire_format != "named_tensors":
             raise NotImplementedError(f"hf rollout: weight wire format {wire_format!r} is not supported")
-        if kwargs.get("peft_config") is not None:
-            raise NotImplementedError("hf rollout: LoRA adapters are not supported (merge them: model.lora.merge=True)")
         from verl.workers.rollout.utils import ensure_async_iterator
 
+        peft_config = kwargs.get("peft_config")
         named = {}
         # verl's naive sync hands a generator, a checkpoint engine (erc_verl/cpu/checkpoint_engine.py)
         # an async one; every rank must drain it (it may gather).
@@ -492,4 +578,10 @@ class HFServerAdapter(BaseRollout):
         if not self.is_leader:
             return None
         # Ray moves the tensors through its object store (no GPU, no IPC handles, no NCCL).
-        return await self._server_handle().load_weights.remote(named, kwargs.get("global_steps"))
+        server, steps = self._server_handle(), kwargs.get("global_steps")
+        if peft_config is None:  # full weights (LoRA merged by the actor with model.lora.merge=True)
+            return await server.load_weights.remote(named, steps)
+        if not kwargs.get("base_sync_done", True):
+            # LoRA's base weights, named as verl names them for a LoRA-aware engine (`<module>.base_layer.weight`).
+            return await server.load_weights.remote({k.replace(".base_layer", ""): v for k, v in named.items()}, steps)
+        return await server.load_adapter.remote(named, dict(peft_config), steps)

@@ -44,8 +44,15 @@ def _ulysses_sdpa(module, query, key, value, attention_mask, *args, position_ids
     )
 
     sp = get_ulysses_sequence_parallel_world_size()
-    if sp <= 1 or position_ids is None:
+    if sp <= 1:
         return _ORIGINAL(module, query, key, value, attention_mask, *args, position_ids=position_ids, **kwargs)
+    if position_ids is None:
+        # Without them the packed sequences' boundaries are unknown, and plain sdpa over this rank's
+        # shard would be the silent wrong answer this wrapper exists to prevent.
+        raise RuntimeError(
+            f"erc_verl's Ulysses sdpa attention (Ulysses size {sp}) got no position_ids, so it cannot tell the "
+            "packed sequences apart; verl passes them with use_remove_padding=true, which Ulysses > 1 requires"
+        )
     if query.size(0) != 1:
         raise RuntimeError(
             "erc_verl's Ulysses sdpa attention expects packed input (batch 1); verl requires "

@@ -93,9 +93,10 @@ def _owner_name(owner) -> str:
 def wrap(owner, name: str, make, marker: str) -> bool:
     """Set owner.name = make(current) and mark the wrapper, unless current already carries `marker`.
 
-    The one way erc_verl replaces a verl function or method: idempotent (a re-import, a second
-    install or a second patch of a subclass that inherits the wrapper leaves it alone), and verl's
-    own object stays reachable through original(). Returns whether it wrapped.
+    The one way erc_verl replaces a verl function or method: idempotent (a re-import or a second
+    install leaves the wrapper alone), and verl's own object stays reachable through original().
+    A method the class only inherits is refused (TypeError naming the class that defines it):
+    wrap it there. Returns whether it wrapped.
     """
     if isinstance(owner, type) and name not in vars(owner):
         # Setting it here would shadow the base class's attribute, and with it every later patch of

@@ -5,7 +5,8 @@ Touch-points, each a wrapper that calls verl's own function (nothing in verl's f
 | verl 0.9.1 module                          | wrapped                               | why |
 | ------------------------------------------ | ------------------------------------- | --- |
 | workers/utils/losses.py (+ engine_workers) | ppo_loss                              | feed H_cur/H_old to the ERC losses; monitor metrics for baselines; positive-sample NLL term |
-| workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel |
+| workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel (not the reference pass of a LoRA run) |
+| workers/engine_workers.py                  | TrainingWorker.train_mini_batch       | keep fraction per mini-batch as a count ratio; erc_keep_frac_first_mb (also on patched trees) |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_step     | update: ask for the gate entropy when the loss wants it |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngine.forward_backward_batch     | update: the mini-batch's positive counts (positive_nll_norm=global) |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.prepare_model_outputs | compute that entropy under no_grad, before the log-prob kernel |
@@ -23,6 +24,7 @@ docs/architecture.md has the table with the matching patches.
 
 import functools
 import sys
+import weakref
 
 import torch
 
@@ -96,20 +98,26 @@ def _missing_entropy_error(which: str, config) -> ValueError:
     )
 
 
-_CHECKED: set = set()
+# Actor configs already checked: id -> weak reference, so a new config that reuses a freed one's id
+# is checked again (the reference then points at nothing, or at another object).
+_CHECKED: dict = {}
 
 
 def _first_update_checks(config) -> None:
-    """Once per actor config: refuse what ERC cannot gate accurately (erc_verl.integration.support)."""
-    key = id(config)
-    if key in _CHECKED:
+    """Once per actor config of an ERC run (an ERC mode, the monitor or the positive-sample NLL):
+    refuse what ERC cannot gate accurately (erc_verl.integration.support)."""
+    seen = _CHECKED.get(id(config))
+    if seen is not None and seen() is config:
         return
     from .support import actor_problems
 
     found = actor_problems(config)
     if found:
         raise ValueError("erc_verl: " + found[0])
-    _CHECKED.add(key)
+    try:
+        _CHECKED[id(config)] = weakref.ref(config)
+    except TypeError:  # not weak-referenceable: checked at every call, which is cheap
+        pass
 
 
 def make_ppo_loss(verl_ppo_loss):
@@ -124,7 +132,6 @@ def make_ppo_loss(verl_ppo_loss):
 
         from ..losses import _global_batch_info, monitor_metrics
 
-        _first_update_checks(config)
         # H_cur only from erc_verl's kernel, like H_old: never verl's `entropy` (another function).
         current = model_output.get(GATE_KEY, None)
         if current is None:
@@ -148,17 +155,24 @@ def make_ppo_loss(verl_ppo_loss):
 
     @functools.wraps(verl_ppo_loss)
     def ppo_loss(config, model_output, data, dp_group=None):
+        from .support import erc_actor
+
+        if erc_actor(config):
+            _first_update_checks(config)
         loss, metrics = entropy_ppo_loss(config, model_output, data, dp_group)
         return add_positive_nll(config, model_output, data, loss, metrics)
 
     return ppo_loss
 
 
-# Where the update batch carries each response's reward: verl's `token_level_rewards` (v0
-# trainer; V1 trainer with use_kl_in_reward), else the V1 trainer's `rm_scores` (its
-# token_level_rewards before any KL penalty, as V1's own metrics fall back to). Both reach the
+# Where the update batch carries each response's reward before any KL penalty, first found
+# wins: the v0 trainer's `token_level_scores`, the V1 trainer's `rm_scores` (verl 0.9.1
+# trainer/ppo/v1/trainer_base.py `_compute_advantage` reads them as token_level_scores), else
+# `token_level_rewards`. With algorithm.use_kl_in_reward, verl's apply_kl_penalty stores
+# token_level_rewards = scores - beta * KL beside them (v1 trainer_base.py ~1753-1789,
+# ray_trainer.py ~1637), whose sum never equals a correct answer's reward. Every field reaches the
 # worker: V1's update batch holds every field stored for its samples, v0's the whole DataProto.
-REWARD_FIELDS = ("token_level_rewards", "rm_scores")
+REWARD_FIELDS = ("token_level_scores", "rm_scores", "token_level_rewards")
 
 
 def add_positive_nll(config, model_output, data, loss, metrics):
@@ -243,6 +257,20 @@ def _gate_entropy_wanted(config) -> bool:
     return config is not None and loss_wants_entropy(config.get("policy_loss"))
 
 
+def is_old_log_prob_pass(data) -> bool:
+    """Whether an actor infer_batch call is the old-log-prob pass, as both of verl 0.9.1's trainers
+    mark it: it asks for the entropy (`calculate_entropy=True`, V1 trainer_base.py
+    `_compute_old_log_prob`, v0 ray_trainer.py `_compute_old_log_prob`). The reference pass of a
+    LoRA run goes through the actor's own worker too, with `calculate_entropy=False` and
+    `no_lora_adapter=True` (V1 trainer_base.py ~1697-1707, ray_trainer.py ~1272-1277): it must
+    not get H_old's entropy, which would overwrite the stored `entropy` field."""
+    from verl.utils import tensordict_utils as tu
+
+    if tu.get_non_tensor_data(data=data, key="no_lora_adapter", default=False):
+        return False
+    return bool(tu.get_non_tensor_data(data=data, key="calculate_entropy", default=False))
+
+
 def make_infer_batch(verl_infer_batch):
     """Old-log-prob pass: flag the batch so H_old comes from erc_verl's kernel, like H_cur."""
 
@@ -250,13 +278,38 @@ def make_infer_batch(verl_infer_batch):
     def infer_batch(self, data, *args, **kwargs):
         from tensordict import TensorDict
 
-        if isinstance(data, TensorDict) and _gate_entropy_wanted(_actor_config(self.loss_fn)):
+        if (
+            isinstance(data, TensorDict)
+            and _gate_entropy_wanted(_actor_config(self.loss_fn))
+            and is_old_log_prob_pass(data)
+        ):
             from verl.utils import tensordict_utils as tu
 
             tu.assign_non_tensor(data, **{GATE_FLAG: "old"})
         return verl_infer_batch(self, data, *args, **kwargs)
 
     return infer_batch
+
+
+def make_train_mini_batch(verl_train_mini_batch):
+    """Update: each mini-batch's keep fraction as a ratio of token counts, and the step's first
+    mini-batch's keep fraction (erc_verl.metrics.mini_batch_keep_fractions)."""
+
+    @functools.wraps(verl_train_mini_batch)
+    def train_mini_batch(self, *args, **kwargs):
+        output = verl_train_mini_batch(self, *args, **kwargs)
+        if output is None:  # a rank that returns no metrics
+            return output
+        from verl.utils import tensordict_utils as tu
+
+        from ..metrics import KEEP_KEY, mini_batch_keep_fractions
+
+        metrics = tu.get_non_tensor_data(data=output, key="metrics", default=None)
+        if isinstance(metrics, dict) and KEEP_KEY in metrics:
+            tu.assign_non_tensor_data(output, "metrics", mini_batch_keep_fractions(metrics))
+        return output
+
+    return train_mini_batch
 
 
 def make_forward_step(verl_forward_step):
@@ -339,8 +392,12 @@ def make_prepare_model_outputs(verl_prepare_model_outputs):
             return verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
         if tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False):
             _warn_fused_entropy()
+            asked = tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False)
             tu.assign_non_tensor(micro_batch, calculate_entropy=True)
-            model_output = verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
+            try:
+                model_output = verl_prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func)
+            finally:
+                tu.assign_non_tensor(micro_batch, calculate_entropy=asked)
             if gate == "update":  # the old pass ships `entropy` alone
                 model_output[GATE_KEY] = model_output["entropy"].detach()
             return model_output
@@ -477,6 +534,13 @@ def make_separated_init(verl_init):
     return __init__
 
 
+def _keep_fraction_counts(module) -> None:
+    # Not a feeding concern: the loss reports the counts on patched trees too.
+    worker = getattr(module, "TrainingWorker", None)
+    if worker is not None and "train_mini_batch" in vars(worker):
+        _wrap(worker, "train_mini_batch", make_train_mini_batch)
+
+
 def _refuse_separated_trainers(module) -> None:
     _wrap(module.SeparateRayPPOTrainer, "__init__", make_separated_init)
 
@@ -546,6 +610,7 @@ def install() -> None:
     for name, patch in PATCHES:
         after_import(name, _GUARDED.setdefault(name, _unless_patched(patch)))
     after_import("verl.trainer.ppo.ray_trainer", _GUARDED.setdefault("v0", _named(_refuse_v0_dynamic_sampling)))
+    after_import("verl.workers.engine_workers", _GUARDED.setdefault("keep_counts", _named(_keep_fraction_counts)))
     after_import(
         "verl.experimental.separation.ray_trainer",
         _GUARDED.setdefault("separated", _named(_refuse_separated_trainers)),

@@ -468,7 +468,7 @@ def _main(args, t0: float) -> int:
     except KeyboardInterrupt:
         status = "interrupted"
         print("\n[smoke] interrupted: main_ppo and its Ray processes stopped", file=sys.stderr)
-    except RuntimeError as err:  # the local Ray cluster did not come up
+    except RuntimeError as err:  # the local Ray cluster did not come up, or the output could not be shown
         print(f"[smoke] {err}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, previous)

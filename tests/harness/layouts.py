@@ -18,7 +18,8 @@ sample unpadded) or ``padded`` (the older trainer's padded batch); the model for
 (remove-padding) in both, as verl requires with Ulysses > 1.
 
 Rank 0 returns, per case: the old log-probs and entropies of the whole batch (gathered back
-into the one-worker order), the logged metrics, and the parameters after the update.
+into the one-worker order), the logged metrics, the full gradient at each optimizer step (before
+clipping and the step), and the parameters before and after the update.
 """
 
 from __future__ import annotations
@@ -75,6 +76,27 @@ def _select(batch, idx):
     return batch[torch.tensor(idx)]
 
 
+def record_gradients(worker) -> list[dict[str, torch.Tensor]]:
+    """The full gradient of every parameter at each optimizer step, as the engine is about to clip
+    and step (every rank must record: gathering a sharded gradient is a collective)."""
+    steps: list[dict[str, torch.Tensor]] = []
+    real_step = worker.engine.optimizer_step
+
+    def optimizer_step():
+        grads = {}
+        for name, param in worker.engine.module.named_parameters():
+            grad = param.grad
+            if grad is not None and hasattr(grad, "full_tensor"):
+                grad = grad.full_tensor()
+            if grad is not None:
+                grads[name] = grad.detach().clone()
+        steps.append(grads)
+        return real_step()
+
+    worker.engine.optimizer_step = optimizer_step
+    return steps
+
+
 def _child(rank: int, world: int, port: int, dp: int, sp: int, model_dir: str, cases: list, out_path: str):
     os.environ.update(
         VERL_PLATFORM="cpu",
@@ -124,6 +146,8 @@ def _child(rank: int, world: int, port: int, dp: int, sp: int, model_dir: str, c
             shared = [old_lp, old_ent]
             dist.broadcast_object_list(shared, src=dp_rank * sp, group=sp_groups[dp_rank])
             old_lp, old_ent = shared
+            params_before = tw.get_params(worker)
+            grads = record_gradients(worker)
             metrics = tw.update_actor(
                 worker,
                 part,
@@ -151,6 +175,8 @@ def _child(rank: int, world: int, port: int, dp: int, sp: int, model_dir: str, c
                         "old_log_probs": full_lp,
                         "entropy": full_ent,
                         "metrics": dict(metrics),
+                        "grads": grads,
+                        "params_before": params_before,
                         "params": params,
                     }
                 )

@@ -214,6 +214,7 @@ def actor_config_dict(
     use_torch_compile: bool = False,
     dtype: str = "float32",
     extra_actor: dict | None = None,
+    extra_model: dict | None = None,
 ):
     """The trainer's full config (``DictConfig``) with the actor fields this harness sets.
 
@@ -270,6 +271,8 @@ def actor_config_dict(
                     actor.policy_loss[key] = val
         for key, val in (extra_actor or {}).items():
             OmegaConf.update(actor, key, val, force_add=True)
+        for key, val in (extra_model or {}).items():  # e.g. lora_rank, lora_alpha
+            OmegaConf.update(model, key, val, force_add=True)
     return cfg
 
 

@@ -248,7 +248,7 @@ def main(out):
     results = {"plumbing": erc_verl.PLUMBING, "cases": {}}
     cases = {
         "vanilla": dict(policy_loss={"loss_mode": "vanilla"}),
-        "open_band": dict(policy_loss={"loss_mode": "dapo_erc", "entropy_ratio_low": 1e-6, "entropy_ratio_high": 1e6}),
+        "open_band": dict(policy_loss={"loss_mode": "dapo_erc", "entropy_ratio_low": 0.5, "entropy_ratio_high": 2.0}),
         # old entropies x1.5: every ratio is about 2/3, outside a band this narrow
         "shut_band": dict(
             policy_loss={"loss_mode": "dapo_erc", "entropy_ratio_low": 0.999999, "entropy_ratio_high": 1.000001},

@@ -7,7 +7,8 @@ Order (what verl 0.9.1's `main_ppo` and the trainer/workers do to the config bef
   3. `import erc_verl`, then the policy_loss.loss_mode is in verl's POLICY_LOSS_REGISTRY and an
      ERC mode is configured through ERCPolicyLossConfig;
   4. verl's config dataclasses built with `omega_conf_to_dataclass`, node by node, each node's
-     keys first compared with its class's fields, and the reward manager class;
+     keys first compared with its class's fields (the reference model's from the node verl's
+     worker builds it from, log-prob keys renamed), and the reward manager class;
   5. the cluster layout (layout.py) and the extra rules in rules.RULES;
   6. verl's own `validate_config` (what main_ppo runs before Ray starts);
   7. the reward function loads the way verl loads it, and the DAPO filter metric is one of its keys.
@@ -65,6 +66,67 @@ def _build(cfg, path: str, dataclass_type=None):
         return omega_conf_to_dataclass(node, dataclass_type)
     except Exception as exc:
         raise error_at(exc, cfg, path) from exc
+
+
+# verl 0.9.1 builds the reference model's ActorConfig from a copy of `actor_rollout_ref.ref` with
+# its log-prob keys renamed to the actor's names and the actor's mini-batch size
+# (verl/workers/engine_workers.py, ActorRolloutRefWorker.init_model, lines 545-552).
+REF_RENAMES = {
+    "log_prob_micro_batch_size": "ppo_micro_batch_size",
+    "log_prob_micro_batch_size_per_gpu": "ppo_micro_batch_size_per_gpu",
+    "log_prob_use_dynamic_bsz": "use_dynamic_bsz",
+    "log_prob_max_token_len_per_gpu": "ppo_max_token_len_per_gpu",
+}
+_REF_DEFAULTS = {"log_prob_use_dynamic_bsz": False}
+
+
+def _build_ref(cfg):
+    """The reference model's config, built from the node verl's worker builds it from."""
+    from omegaconf import OmegaConf, open_dict
+
+    path = "actor_rollout_ref.ref"
+    worker_cfg = cfg.copy()
+    with open_dict(worker_cfg):
+        ref = worker_cfg.actor_rollout_ref.ref
+        ref.ppo_mini_batch_size = OmegaConf.select(worker_cfg, "actor_rollout_ref.actor.ppo_mini_batch_size")
+        for verl_key, actor_key in REF_RENAMES.items():
+            ref[actor_key] = ref.pop(verl_key, _REF_DEFAULTS.get(verl_key))
+    try:
+        return _build(worker_cfg, path)
+    except RecipeError as exc:
+        # Name the key the user wrote, not the one verl renamed it to.
+        key = exc.key
+        for verl_key, actor_key in REF_RENAMES.items():
+            if key == f"{path}.{actor_key}":
+                key = f"{path}.{verl_key}"
+        raise RecipeError(key, exc.message) from exc
+
+
+def _without_vllm_lora_rank_check(cfg):
+    """(the config validate_config is given, what it could not check here).
+
+    With LoRA and the vLLM rollout, verl's validate_config (verl/utils/config.py, end) imports vLLM
+    to read its largest LoRA rank; a machine without vLLM (this check runs on CPU) cannot do that
+    one step. The copy it then gets has model.lora.merge=true, which verl reads as "no rank check";
+    every other check runs, and the OK line says which one did not.
+    """
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.select(cfg, "actor_rollout_ref.model")
+    lora = model.get("lora", None) or {}
+    rank = lora.get("rank", 0) or model.get("lora_rank", 0) or 0
+    if (
+        rank <= 0
+        or lora.get("merge", False)
+        or OmegaConf.select(cfg, "actor_rollout_ref.rollout.name") != "vllm"
+        or importlib.util.find_spec("vllm") is not None
+    ):
+        return cfg, None
+    copy = cfg.copy()
+    OmegaConf.update(copy, "actor_rollout_ref.model.lora.merge", True, force_add=True)
+    return copy, f"lora rank {rank} against vLLM's largest LoRA rank (vLLM is not installed here)"
 
 
 def _check_model_keys(cfg, model_path: str | None):
@@ -138,7 +200,7 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
         warnings.filterwarnings("ignore", message="Disabled critic")
         use_critic = bool(need_critic(cfg))
     if use_ref:
-        _build(cfg, "actor_rollout_ref.ref")
+        _build_ref(cfg)
     if use_critic:
         _build(cfg, "critic")
     _build(cfg, "algorithm")
@@ -163,10 +225,11 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
     # 6. what main_ppo validates before starting Ray
     from verl.utils.config import validate_config
 
+    validated, not_checked = _without_vllm_lora_rank_check(cfg)
     try:
         # validate_config prints a success line per recipe; keep check's own output readable.
         with contextlib.redirect_stdout(io.StringIO()):
-            validate_config(cfg, use_reference_policy=use_ref, use_critic=use_critic)
+            validate_config(validated, use_reference_policy=use_ref, use_critic=use_critic)
     except Exception as exc:
         raise error_at(exc, cfg, "") from exc
 
@@ -198,6 +261,7 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
         "monitor": getattr(policy_loss, "entropy_ratio_monitor", None),
         "critic": use_critic,
         "ref": use_ref,
+        **({"not checked here": not_checked} if not_checked else {}),
     }
 
 

@@ -112,6 +112,14 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"launch.sh: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # an environment that holds erc_verl and verl but not all they import
+        text = " ".join(str(exc).split())
+        print(
+            f"launch.sh: error: PYTHON={sys.executable}: {type(exc).__name__}: {text}; fix: install the GPU "
+            "environment as docs/install.md says, or choose another one with PYTHON=/path/to/gpu-env/bin/python",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
