@@ -35,12 +35,12 @@ class ERCPolicyLossExtension:
     def extra_loss(self, actor_config, inputs: dict):
         from ..losses import monitor_metrics, positive_nll_term, require_entropies
 
-        policy_loss_config = actor_config.policy_loss
+        erc = settings(actor_config.policy_loss)
         global_batch_info = inputs.get("global_batch_info") or {}
         metrics = {}
-        if settings(policy_loss_config).monitor:
+        if erc.monitor:
             log_prob = inputs["log_prob"]
-            mode = policy_loss_config.get("loss_mode", "vanilla")
+            mode = erc.algorithm.loss_mode
             entropy, old_entropy = inputs.get("entropy"), inputs.get("old_entropy")
             require_entropies(f"{mode} with entropy_ratio_monitor", entropy, old_entropy, log_prob)
             metrics.update(

@@ -86,7 +86,7 @@ def _padded_response_field(data, key: str):
 
 
 def _missing_entropy_error(which: str, config) -> ValueError:
-    mode = config.policy_loss.get("loss_mode", "vanilla")
+    mode = settings(config.policy_loss).algorithm.loss_mode
     if which == "old":
         return ValueError(
             f"policy_loss.loss_mode={mode!r} (or entropy_ratio_monitor) needs the old-policy entropy, "
