@@ -107,13 +107,10 @@ def _first_mini_batch_entropies(worker, batch, advantages, mini):
     from harness import training_worker as tw
     from verl.trainer.ppo import core_algos
 
-    from erc_verl.losses import fed_entropies
-
     seen, stepped = [], []
     real_loss = core_algos.POLICY_LOSS_REGISTRY["dapo_erc"]
 
     def spy(*args, entropy=None, old_entropy=None, **kwargs):
-        entropy, old_entropy = fed_entropies(kwargs.get("config"), entropy, old_entropy)
         if not stepped:
             mask = kwargs["response_mask"] if "response_mask" in kwargs else args[3]
             seen.append((old_entropy.detach().float(), entropy.detach().float(), mask.bool()))

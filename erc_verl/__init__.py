@@ -5,13 +5,8 @@ workers) through the `verl.plugins` entry point or `VERL_USE_EXTERNAL_MODULES=er
 `import verl` is still running, so this does only cheap things: it checks the verl release and
 arranges, through after-import hooks, that the moment verl's own modules load, the loss modes
 `dapo_erc`, `gppo` and `gppo_erc` are registered and (on stock verl) the plumbing that feeds
-them the current and old-policy entropy is installed. See docs/architecture.md.
-
-Layout:
-  config.py, losses.py, entropy.py, metrics.py, modes.py   the plugin core: settings and formulas
-  integration/                                             every place erc_verl touches verl
-  cpu/                                                     CPU platform, rollout backend, demo (opt-in)
-  repro/                                                   the recipes' tools: check, data, reward, results, cli
+them the current and old-policy entropy is installed. The layers (core, integration/, cpu/,
+rehearsal/ and repro/, cli.py): docs/architecture.md.
 """
 
 from .integration.version import SUPPORTED_VERL, check_verl_version

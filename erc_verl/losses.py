@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .metrics import entropy_ratio_metrics
+from .settings import DEFAULTS, settings
 
 
 # verl's own functions, looked up at call time: importing verl.trainer.ppo.core_algos from
@@ -35,7 +36,7 @@ LOG_RATIO_CLAMP = 20.0
 
 WIRING_HINT = (
     "On stock verl 0.9.1 `import erc_verl` (or the `verl.plugins` entry point / "
-    "VERL_USE_EXTERNAL_MODULES=erc_verl) installs plumbing that feeds them; on a verl fork apply "
+    "VERL_USE_EXTERNAL_MODULES=erc_verl) installs plumbing that passes them; on a verl fork apply "
     "patches/ (bash scripts/apply_patches.sh VERL_DIR). Calling the loss directly: pass "
     "entropy=<current-policy entropy> and old_entropy=<old-policy entropy>, both shaped like log_prob."
 )
@@ -81,34 +82,19 @@ def _global_batch_info(config) -> dict:
     return dict(getattr(config, "global_batch_info", None) or {})
 
 
-# A response is positive (correct) when its token-level rewards sum to exactly this: the authors'
-# dp_actor tests `token_level_rewards.sum(-1) == 1.0`; the recipes' reward gives +1 to a correct answer.
-POSITIVE_REWARD = 1.0
-
-
-def positive_responses(token_level_rewards: torch.Tensor, reward: float = POSITIVE_REWARD, compare: str = "eq"):
+def positive_responses(
+    token_level_rewards: torch.Tensor,
+    reward: float = DEFAULTS["positive_nll_reward"],
+    compare: str = DEFAULTS["positive_nll_compare"],
+):
     """(bsz,) bool: the responses whose summed token-level reward is `reward` ("eq", the authors'
-    test) or at least `reward` ("ge")."""
+    dp_actor test `token_level_rewards.sum(-1) == 1.0`) or at least `reward` ("ge")."""
     total = token_level_rewards.float().sum(dim=-1)
     if compare == "eq":
         return total == reward
     if compare == "ge":
         return total >= reward
     raise ValueError(f"policy_loss.positive_nll_compare must be eq or ge, got {compare!r}")
-
-
-def positive_rule(policy_loss_config) -> tuple[float, str]:
-    """(positive_nll_reward, positive_nll_compare) of a policy-loss config, the authors' (1.0, eq) by default."""
-    get = policy_loss_config.get if policy_loss_config is not None else (lambda key, default=None: default)
-    reward = get("positive_nll_reward", POSITIVE_REWARD)
-    return float(POSITIVE_REWARD if reward is None else reward), str(get("positive_nll_compare", "eq") or "eq")
-
-
-def positive_nll_norm(policy_loss_config) -> str:
-    """policy_loss.positive_nll_norm: "micro" (the authors', the default) or "global"."""
-    if policy_loss_config is None:
-        return "micro"
-    return str(policy_loss_config.get("positive_nll_norm", "micro") or "micro")
 
 
 def positive_counts(response_mask: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -197,13 +183,6 @@ def positive_nll_loss(
     return local * scale
 
 
-def positive_nll_coeff(policy_loss_config) -> float:
-    """policy_loss.positive_nll_coeff, 0.0 when the config has none (a plain PolicyLossConfig)."""
-    if policy_loss_config is None:
-        return 0.0
-    return float(policy_loss_config.get("positive_nll_coeff", 0.0) or 0.0)
-
-
 def missing_rewards_error(coeff: float) -> ValueError:
     return ValueError(
         f"policy_loss.positive_nll_coeff={coeff} needs each response's reward in the actor update "
@@ -240,18 +219,18 @@ def positive_nll_term(
     coeff * actor/positive_nll is what the term added to the logged loss; and
     `actor/positive_nll_frac`, the fraction of responses counted positive.
     """
-    policy_loss = getattr(config, "policy_loss", None) if config is not None else None
-    coeff = positive_nll_coeff(policy_loss)
+    algorithm = settings(getattr(config, "policy_loss", None) if config is not None else None).algorithm
+    coeff = algorithm.positive_nll_coeff
     if coeff == 0.0:
         return None, {}
     if token_level_rewards is None:
         raise missing_rewards_error(coeff)
-    global_norm = positive_nll_norm(policy_loss) == "global"
+    global_norm = algorithm.positive_nll_norm == "global"
     if global_norm and mini_batch_positives is None:
         raise ValueError(GLOBAL_NORM_UNAVAILABLE)
     if global_batch_info is None:
         global_batch_info = _global_batch_info(config)
-    positive = positive_responses(token_level_rewards, *positive_rule(policy_loss))
+    positive = positive_responses(token_level_rewards, *algorithm.positive_rule)
     term = positive_nll_loss(
         log_prob,
         response_mask,
@@ -299,9 +278,8 @@ def compute_policy_loss_gppo(
     if config is None:
         raise ValueError("gppo needs the actor config (clip_ratio_low/high, clip_ratio_c)")
     eps_low, eps_high, clip_ratio_c = _clip_bounds(config)
-    policy_loss_config = config.policy_loss
-    beta_low = float(policy_loss_config.get("gppo_beta_low", 1.0))
-    beta_high = float(policy_loss_config.get("gppo_beta_high", 1.0))
+    algorithm = settings(config.policy_loss).algorithm
+    beta_low, beta_high = algorithm.gppo_beta_low, algorithm.gppo_beta_high
 
     log_ratio = torch.clamp(log_prob - old_log_prob, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
@@ -340,15 +318,15 @@ def compute_policy_loss_gppo(
 
 def erc_band(config) -> tuple[float, float]:
     """(low, high) from the actor config; refuses a config that lacks ERC's fields."""
-    policy_loss_config = getattr(config, "policy_loss", None) if config is not None else None
-    if policy_loss_config is None or policy_loss_config.get("entropy_ratio_low", None) is None:
+    erc = settings(getattr(config, "policy_loss", None) if config is not None else None)
+    if not erc.declared:
         raise ValueError(
             "An ERC loss mode needs the ERC settings: set "
             "actor_rollout_ref.actor.policy_loss._target_=erc_verl.ERCPolicyLossConfig "
             "(or compose the shipped snippet: 'hydra.searchpath=[pkg://erc_verl.conf]' "
             "+policy_loss@actor_rollout_ref.actor.policy_loss=erc)."
         )
-    return float(policy_loss_config.entropy_ratio_low), float(policy_loss_config.entropy_ratio_high)
+    return erc.band
 
 
 def monitor_metrics(config, entropy, old_entropy, response_mask, global_batch_info: dict) -> dict:
@@ -379,28 +357,17 @@ def require_entropies(loss_mode: str, entropy, old_entropy, log_prob: torch.Tens
             )
 
 
-def fed_entropies(config, entropy, old_entropy):
-    """The two entropies: the keyword arguments (a patched verl, a direct call), else the feed
-    that erc_verl's runtime plumbing attaches to the actor config for one micro-batch."""
-    feed = getattr(config, "erc_feed", None) if config is not None else None
-    if feed is not None:
-        entropy = feed.entropy if entropy is None else entropy
-        old_entropy = feed.old_entropy if old_entropy is None else old_entropy
-    return entropy, old_entropy
-
-
-def report_metrics(config, metrics: dict, extra: dict) -> None:
-    """Add ERC's metrics to the loss's own, or hand them to the runtime feed.
-
-    Through the feed they bypass verl's ppo_loss, which would re-wrap their SUM/MIN/MAX
-    aggregation as MEAN; a patched verl keeps Metric-typed values itself.
-    """
-    feed = getattr(config, "erc_feed", None) if config is not None else None
-    (feed.metrics if feed is not None else metrics).update(extra)
-
-
 def with_erc(base_fn: Callable, loss_mode: str) -> Callable:
-    """Wrap a verl-convention policy loss so only in-band tokens carry gradient."""
+    """Wrap a verl-convention policy loss so only in-band tokens carry gradient.
+
+    Inputs are the signature: verl's policy-loss keywords plus `entropy` (H_cur, the update's
+    forward) and `old_entropy` (H_old, the old-log-prob pass), both (bsz, response_len) from
+    erc_verl.entropy.entropy_from_logits. verl 0.9.1's ppo_loss calls a policy loss with a fixed
+    keyword set; on stock verl erc_verl's ppo_loss wrapper supplies the two entropies
+    (erc_verl/integration/verl_0_9_1.py, `policy_loss_entropies`), on a patched tree verl's own
+    ppo_loss does. Outputs are the return value: the base loss and its metrics, plus the
+    entropy-ratio metrics (erc_verl.metrics), verl Metric objects when the global batch is known.
+    """
 
     def erc_policy_loss(
         old_log_prob: torch.Tensor,
@@ -416,26 +383,20 @@ def with_erc(base_fn: Callable, loss_mode: str) -> Callable:
         **kwargs,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         low, high = erc_band(config)
-        entropy, old_entropy = fed_entropies(config, entropy, old_entropy)
         require_entropies(loss_mode, entropy, old_entropy, log_prob)
         ratio = entropy_ratio(entropy, old_entropy)
         keep = erc_keep_mask(ratio, response_mask, low, high)
-        base_config = getattr(config, "actor_config", config)  # verl's own object for the base loss
         pg_loss, metrics = base_fn(
             old_log_prob=old_log_prob,
             log_prob=erc_gate(log_prob, keep),
             advantages=advantages,
             response_mask=response_mask,
             loss_agg_mode=loss_agg_mode,
-            config=base_config,
+            config=config,
             rollout_is_weights=rollout_is_weights,
             **kwargs,
         )
-        report_metrics(
-            config,
-            metrics,
-            entropy_ratio_metrics(ratio, response_mask, low, high, keep=keep, **_global_batch_info(config)),
-        )
+        metrics.update(entropy_ratio_metrics(ratio, response_mask, low, high, keep=keep, **_global_batch_info(config)))
         return pg_loss, metrics
 
     erc_policy_loss.__name__ = f"compute_policy_loss_{loss_mode}"
@@ -448,33 +409,10 @@ def with_erc(base_fn: Callable, loss_mode: str) -> Callable:
     return erc_policy_loss
 
 
-def erc_base_problem(base_mode: str, declared=()) -> str | None:
-    """Why loss_mode=erc cannot gate `base_mode` (one line), or None."""
-    from .modes import ERC_LOSS_MODES, SEQUENCE_LEVEL_MODES, TOKEN_LOCAL_MODES
-
-    if base_mode in SEQUENCE_LEVEL_MODES:
-        return (
-            f"policy_loss.erc_base_loss_mode={base_mode!r} cannot be gated by ERC: {SEQUENCE_LEVEL_MODES[base_mode]}. "
-            f"Fix: pick a token-local base ({', '.join(TOKEN_LOCAL_MODES)})."
-        )
-    if base_mode in ERC_LOSS_MODES:
-        return f"policy_loss.erc_base_loss_mode={base_mode!r} is already gated. Fix: name its base (vanilla, gppo)."
-    if base_mode in TOKEN_LOCAL_MODES or base_mode in tuple(declared or ()):
-        return None
-    return (
-        f"policy_loss.erc_base_loss_mode={base_mode!r} is not known to be token-local, so ERC's gate may not "
-        "stop its gradient exactly. Fix: if its loss of token t depends on the parameters only through "
-        f"log_prob[t], add it to policy_loss.erc_token_local_modes=[{base_mode}]."
-    )
-
-
 def erc_base_fn(config) -> Callable:
     """The base loss function of loss_mode=erc, refused unless token-local."""
-    policy_loss_config = config.policy_loss
-    base_mode = str(policy_loss_config.get("erc_base_loss_mode", "vanilla") or "vanilla")
-    problem = erc_base_problem(base_mode, policy_loss_config.get("erc_token_local_modes", None) or ())
-    if problem:
-        raise ValueError(problem)
+    # settings() refuses a base ERC cannot gate (erc_verl.settings.erc_base_problem).
+    base_mode = settings(config.policy_loss).algorithm.erc_base_loss_mode
     if base_mode == "gppo":
         return compute_policy_loss_gppo
     from verl.trainer.ppo.core_algos import get_policy_loss_fn

@@ -134,8 +134,6 @@ class KeepFracFloor:
     another reason), and ERC then acts mostly as a token dropper. floor 0 disables the watch.
     """
 
-    DEFAULT_FLOOR = 0.6  # ERCPolicyLossConfig.keep_frac_floor's default, for configs built without it
-
     def __init__(self, floor: float, steps: int, low: float, high: float):
         self.floor, self.steps, self.low, self.high = float(floor), int(steps), float(low), float(high)
         self.run = []  # consecutive values below the floor

@@ -131,7 +131,7 @@ def test_demo_overrides_route_the_gate_audit_to_the_workers(tmp_path):
     args = parse_demo_args(["--out", str(tmp_path)])
     overrides = demo_runs.demo_overrides(args, "dapo_erc", tmp_path / "gate_audit.ndjson")
     env = "ray_kwargs.ray_init.runtime_env.env_vars."
-    assert f"{env}VERL_USE_EXTERNAL_MODULES='erc_verl,erc_verl.rehearsal.gate_audit'" in overrides
+    assert f"{env}VERL_USE_EXTERNAL_MODULES='erc_verl,erc_verl.cpu,erc_verl.rehearsal.gate_audit'" in overrides
     assert f"++{env}ERC_VERL_GATE_AUDIT='{tmp_path / 'gate_audit.ndjson'}'" in overrides
     assert "actor_rollout_ref.actor.policy_loss.entropy_ratio_low=0.95" in overrides
 
@@ -143,7 +143,6 @@ def test_gate_audit_spy_counts_gradient_per_band(tmp_path):
     from verl.workers.config import ActorConfig
 
     from erc_verl import ERCPolicyLossConfig
-    from erc_verl.integration.verl_0_9_1 import ConfigWithFeed, EntropyFeed
     from erc_verl.rehearsal import gate_audit
 
     g = torch.Generator().manual_seed(0)
@@ -178,7 +177,7 @@ def test_gate_audit_spy_counts_gradient_per_band(tmp_path):
         loss_agg_mode="token-mean",
     )
     erc = gate_audit.make_spy("dapo_erc", core_algos.POLICY_LOSS_REGISTRY["dapo_erc"], str(path))
-    erc(**kwargs, config=ConfigWithFeed(config("dapo_erc"), EntropyFeed(entropy, old_entropy)))
+    erc(**kwargs, config=config("dapo_erc"), entropy=entropy, old_entropy=old_entropy)
     vanilla = gate_audit.make_spy("vanilla", core_algos.POLICY_LOSS_REGISTRY["vanilla"], str(path))
     token = gate_audit._MONITOR_ENTROPIES.set((entropy, old_entropy))  # what the ppo_loss wrapper hands it
     try:

@@ -130,9 +130,11 @@ def test_import_verl_loads_only_the_core_and_the_integration():
     allowed = {
         "erc_verl",
         "erc_verl.modes",
+        "erc_verl.settings",
+        "erc_verl.cpu",
+        "erc_verl.cpu.hf_registry",
         "erc_verl.integration",
         "erc_verl.integration.dynamic_sampling",
-        "erc_verl.integration.rollout_hf",
         "erc_verl.integration.hooks",
         "erc_verl.integration.registry",
         "erc_verl.integration.version",

@@ -269,7 +269,7 @@ def test_config_refuses_values_outside_their_range(field, value, says):
 
 
 def test_a_band_typed_as_an_epsilon_is_refused_in_one_line_that_says_the_fields_are_bounds():
-    from erc_verl.config import band_problem
+    from erc_verl.settings import band_problem
 
     assert band_problem(0.95, 1.05) is None and band_problem(0.5, 2.0) is None
     for low, high in ((0.05, 1.05), (0.95, 0.05), (0.95, 50.0), (0.49, 1.05), (0.95, 2.01)):

@@ -15,7 +15,8 @@ import torch
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
 
 from erc_verl.config import ERCPolicyLossConfig
-from erc_verl.losses import positive_counts, positive_nll_loss, positive_responses, positive_rule
+from erc_verl.losses import positive_counts, positive_nll_loss, positive_responses
+from erc_verl.settings import settings
 
 BSZ, PROMPT_LEN, RESPONSE_LEN, MICRO = 8, 6, 12, 2
 ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
@@ -284,12 +285,12 @@ def test_every_recipe_runs_the_authors_term_and_the_paper_text_is_one_override(n
 def test_hydra_snippet_declares_the_field_at_the_paper_texts_default():
     from pathlib import Path
 
-    import yaml
+    from omegaconf import OmegaConf
 
     import erc_verl
 
     snippet = Path(erc_verl.__file__).parent / "conf" / "policy_loss" / "erc.yaml"
-    assert yaml.safe_load(snippet.read_text())["positive_nll_coeff"] == 0.0
+    assert OmegaConf.to_container(OmegaConf.load(snippet), resolve=True)["positive_nll_coeff"] == 0.0
 
 
 def test_the_authors_term_depends_on_which_responses_share_a_micro_batch(model_dir, rollout):
@@ -397,8 +398,13 @@ def test_positive_threshold_counts_a_format_bonus_or_an_overlong_penalty():
     assert positive_responses(rewards).tolist() == [False, True, False, False]  # the authors' == 1.0
     assert positive_responses(rewards, 1.0, "ge").tolist() == [True, True, False, False]
     assert positive_responses(rewards, 0.5, "ge").tolist() == [True, True, True, False]
-    assert positive_rule(ERCPolicyLossConfig(positive_nll_reward=0.5, positive_nll_compare="ge")) == (0.5, "ge")
-    assert positive_rule(None) == (1.0, "eq")
+    assert settings(
+        ERCPolicyLossConfig(positive_nll_reward=0.5, positive_nll_compare="ge")
+    ).algorithm.positive_rule == (
+        0.5,
+        "ge",
+    )
+    assert settings(None).algorithm.positive_rule == (1.0, "eq")
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,6 @@ import torch
 import transfer_queue as tq  # noqa: E402  (the `test` extra; verl's V1 trainer needs it: no skip, fail loudly)
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
 
-from erc_verl.losses import fed_entropies
 from erc_verl.metrics import METRIC_NAMES
 
 ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
@@ -234,7 +233,6 @@ def loss_spy(monkeypatch):
     calls = []
 
     def spy(*args, entropy=None, old_entropy=None, **kwargs):
-        entropy, old_entropy = fed_entropies(kwargs.get("config"), entropy, old_entropy)
         calls.append(
             {
                 "entropy": None if entropy is None else entropy.detach().clone(),

@@ -15,7 +15,7 @@ verl's trainer talks to its rollout through two extension points, and this modul
   ``CheckpointEngineWorker`` (erc_verl/cpu/checkpoint_engine.py on CPU).
 
 Select it with ``actor_rollout_ref.rollout.name=hf``. erc_verl registers both entries lazily
-(erc_verl/integration/rollout_hf.py); this module, with torch and transformers, is imported only
+(erc_verl/cpu/hf_registry.py); this module, with torch and transformers, is imported only
 when a config selects ``hf``. Nothing here imports vLLM or SGLang.
 
 What the server honours from verl's request: ``temperature`` (0 = greedy), ``top_p``,
@@ -48,6 +48,8 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 
+from ..settings import select
+
 logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "hf"
@@ -59,19 +61,8 @@ def server_actor_name(replica_rank: int, suffix: str = "") -> str:
     return f"{SERVER_NAME_PREFIX}_{replica_rank}{suffix}"
 
 
-def _get(obj, key, default=None):
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    try:
-        return obj.get(key, default)  # DictConfig
-    except AttributeError:
-        return getattr(obj, key, default)
-
-
 def _model_path(model_config) -> str:
-    path = _get(model_config, "local_path") or _get(model_config, "path")
+    path = select(model_config, "local_path") or select(model_config, "path")
     if path is None:
         raise ValueError("hf rollout: model config has no path")
     if not os.path.isdir(str(path)):
@@ -97,7 +88,7 @@ def request_generator(seed: int, global_steps, sample, prompt_ids: list[int]):
     """A generator seeded from the request itself, or None when the request carries no sample index.
 
     ``sample`` is the request's place in its group of responses (verl's ``session_id``, 0..n-1,
-    passed on by erc_verl/integration/rollout_hf.py). The seed mixes the run's seed, the training
+    passed on by erc_verl/cpu/hf_registry.py). The seed mixes the run's seed, the training
     step, that index and the prompt's tokens, none of which depends on how many replicas there
     are or which one serves the request, so a recipe samples the same responses for any number
     of replicas. (The same prompt twice in one step's batch samples alike.)
@@ -303,10 +294,10 @@ class HFRolloutServer:
             pass
         self.eos_ids = {int(e) for e in eos if e is not None}
         self.pad_id = int(pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0))
-        self.prompt_length = int(_get(config, "prompt_length", 512) or 512)
-        self.response_length = int(_get(config, "response_length", 512) or 512)
-        self.max_model_len = int(_get(config, "max_model_len", None) or (self.prompt_length + self.response_length))
-        seed = int(_get(config, "seed", 0) or 0) if seed is None else int(seed)
+        self.prompt_length = int(select(config, "prompt_length", 512) or 512)
+        self.response_length = int(select(config, "response_length", 512) or 512)
+        self.max_model_len = int(select(config, "max_model_len", None) or (self.prompt_length + self.response_length))
+        seed = int(select(config, "seed", 0) or 0) if seed is None else int(seed)
         self.seed = seed
         # Requests without a sample index draw from the replica's own stream (request_generator).
         self.generator = torch.Generator().manual_seed(seed + 1000 * int(replica_rank))

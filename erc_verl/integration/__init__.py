@@ -7,11 +7,11 @@ only registers after-import hooks (hooks.py):
 - verl's loss, worker, engine and v0-trainer modules loaded -> the runtime plumbing wraps them
   (verl_0_9_1.py lists every touch-point), unless the tree carries patches/, which feeds the
   entropies in source;
-- VERL_PLATFORM=cpu only -> the CPU platform of erc_verl/cpu is made resolvable.
+- omegaconf loaded -> the Hydra snippet's `${erc_verl.default:NAME}` resolves (erc_verl.settings).
+The CPU runtime (erc_verl/cpu) is a plugin of its own and registers itself; nothing here imports it.
 """
 
-import os
-
+from ..settings import register_resolver
 from .hooks import after_import
 
 
@@ -40,19 +40,13 @@ def plumbing() -> str:
 def install() -> None:
     """Arrange registration and plumbing for when verl's modules load. Idempotent, cheap."""
     after_import("verl.trainer.ppo.core_algos", _register)
-    # The `hf` CPU rollout backend (imports erc_verl/cpu/rollout.py only when a config selects
-    # it) and the bound on DAPO dynamic sampling; both wait for verl to import their modules.
+    after_import("omegaconf", register_resolver)  # the Hydra snippet's ${erc_verl.default:NAME}
+    # The bound on DAPO dynamic sampling and the Ulysses check wait for verl to import their modules.
     from .dynamic_sampling import install as _bound_dynamic_sampling
-    from .rollout_hf import register_hf_rollout
     from .ulysses_check import install as _check_ulysses_attention
 
-    register_hf_rollout()
     _bound_dynamic_sampling()
     _check_ulysses_attention()
-    if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
-        from ..cpu.platform import install_if_selected
-
-        install_if_selected()
     from . import driver_watch, verl_0_9_1
 
     verl_0_9_1.install()

@@ -11,6 +11,7 @@ mini-batch, across ranks. The wrappers only read: the data logged is passed on u
 import functools
 import logging
 
+from ..settings import policy_loss_of, settings
 from .hooks import after_import, wrap
 
 _INSTALLED = "_erc_verl_driver_watch"
@@ -21,31 +22,23 @@ POSITIVE_KEY = "actor/positive_nll_frac"
 def watch_from_config(config):
     """A KeepFracFloor for an ERC loss mode's config (dict or DictConfig), else None."""
     from ..metrics import KeepFracFloor
-    from .registry import is_erc_mode
-    from .support import _get
 
-    policy_loss = _get(config, "actor_rollout_ref.actor.policy_loss")
-    if policy_loss is None or not is_erc_mode(policy_loss):
+    erc = settings(policy_loss_of(config))
+    floor = erc.tooling.keep_frac_floor
+    if not erc.is_erc or floor <= 0:
         return None
-    floor = float(_get(policy_loss, "keep_frac_floor", KeepFracFloor.DEFAULT_FLOOR))
-    steps = int(_get(policy_loss, "keep_frac_floor_steps", 5))
-    low = float(_get(policy_loss, "entropy_ratio_low", 0.95))
-    high = float(_get(policy_loss, "entropy_ratio_high", 1.05))
-    return KeepFracFloor(floor, steps, low, high) if floor > 0 else None
+    return KeepFracFloor(floor, erc.tooling.keep_frac_floor_steps, *erc.band)
 
 
 def positive_watch_from_config(config):
     """A NoPositiveResponses for a config with the positive-sample NLL term on, else None."""
-    from ..losses import positive_nll_coeff, positive_rule
     from ..metrics import NoPositiveResponses
-    from .support import _get
 
-    policy_loss = _get(config, "actor_rollout_ref.actor.policy_loss")
-    coeff = positive_nll_coeff(policy_loss)
-    steps = int(_get(policy_loss, "positive_nll_warn_steps", 3))
-    if coeff <= 0 or steps <= 0:
+    erc = settings(policy_loss_of(config))
+    steps = erc.tooling.positive_nll_warn_steps
+    if not erc.positive_nll or steps <= 0:
         return None
-    return NoPositiveResponses(steps, coeff, *positive_rule(policy_loss))
+    return NoPositiveResponses(steps, erc.algorithm.positive_nll_coeff, *erc.algorithm.positive_rule)
 
 
 def _make_init(verl_init):

@@ -6,8 +6,8 @@ engine ask the registered extensions what the update needs. On such a tree erc_v
 runtime wrappers; it registers the one object below, which answers from the same functions the
 runtime plumbing uses:
 
-- wants_entropy / active: erc_verl.integration.registry.loss_wants_entropy (ERC modes and the
-  monitor) and positive_nll_coeff > 0;
+- wants_entropy / active: erc_verl.settings.ERCSettings.wants_entropy (ERC modes and the
+  monitor) and .active (those, or positive_nll_coeff > 0);
 - entropy_from_logits: erc_verl.entropy.entropy_from_logits, for every entropy that needs no
   gradient (old-log-prob pass and the update's gate entropy: one formula for H_old and H_cur);
 - extra_loss: the monitor's metrics for a non-ERC loss mode and the authors' positive-sample NLL
@@ -15,19 +15,17 @@ runtime plumbing uses:
 The ERC losses themselves get `entropy=` / `old_entropy=` from the patched tree.
 """
 
-from .registry import loss_wants_entropy, monitor_enabled
+from ..settings import settings
 
 
 class ERCPolicyLossExtension:
     """The extension protocol of patches/ (documented in the patched core_algos)."""
 
     def active(self, policy_loss_config) -> bool:
-        from ..losses import positive_nll_coeff
-
-        return loss_wants_entropy(policy_loss_config) or positive_nll_coeff(policy_loss_config) > 0
+        return settings(policy_loss_config).active
 
     def wants_entropy(self, policy_loss_config) -> bool:
-        return loss_wants_entropy(policy_loss_config)
+        return settings(policy_loss_config).wants_entropy
 
     def entropy_from_logits(self, logits):
         from ..entropy import entropy_from_logits
@@ -37,12 +35,12 @@ class ERCPolicyLossExtension:
     def extra_loss(self, actor_config, inputs: dict):
         from ..losses import monitor_metrics, positive_nll_term, require_entropies
 
-        policy_loss_config = actor_config.policy_loss
+        erc = settings(actor_config.policy_loss)
         global_batch_info = inputs.get("global_batch_info") or {}
         metrics = {}
-        if monitor_enabled(policy_loss_config):
+        if erc.monitor:
             log_prob = inputs["log_prob"]
-            mode = policy_loss_config.get("loss_mode", "vanilla")
+            mode = erc.algorithm.loss_mode
             entropy, old_entropy = inputs.get("entropy"), inputs.get("old_entropy")
             require_entropies(f"{mode} with entropy_ratio_monitor", entropy, old_entropy, log_prob)
             metrics.update(

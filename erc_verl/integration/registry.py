@@ -1,10 +1,9 @@
-"""The loss modes in verl's policy-loss registry, and what each needs fed.
+"""The loss modes in verl's policy-loss registry.
 
 Registration goes through verl's own `register_policy_loss`; verl's stock losses are left as
-they are (the monitor for baseline runs lives in the ppo_loss wrapper, verl_0_9_1.py).
+they are (the monitor for baseline runs lives in the ppo_loss wrapper, verl_0_9_1.py). What a
+config needs fed (entropies, rewards) is erc_verl.settings.ERCSettings' to answer.
 """
-
-from ..modes import ERC_LOSS_MODES
 
 
 def register_loss_modes() -> None:
@@ -24,27 +23,3 @@ def register_loss_modes() -> None:
     ):
         if core_algos.POLICY_LOSS_REGISTRY.get(name) is not fn:
             core_algos.register_policy_loss(name)(fn)
-
-
-def _get(policy_loss_config, key, default):
-    if policy_loss_config is None:
-        return default
-    return policy_loss_config.get(key, default)
-
-
-def loss_mode(policy_loss_config) -> str:
-    return _get(policy_loss_config, "loss_mode", "vanilla")
-
-
-def is_erc_mode(policy_loss_config) -> bool:
-    return loss_mode(policy_loss_config) in ERC_LOSS_MODES
-
-
-def monitor_enabled(policy_loss_config) -> bool:
-    """entropy_ratio_monitor on a non-ERC mode: log the ratio metrics, change no gradient."""
-    return bool(_get(policy_loss_config, "entropy_ratio_monitor", False)) and not is_erc_mode(policy_loss_config)
-
-
-def loss_wants_entropy(policy_loss_config) -> bool:
-    """Whether the update must compute the current and old entropies for this config."""
-    return is_erc_mode(policy_loss_config) or monitor_enabled(policy_loss_config)

@@ -6,14 +6,16 @@ Two kinds of config reach these rules:
 - a worker's actor config (`actor_rollout_ref.actor`, at the first update): `ACTOR_RULES`, via
   `actor_problems(actor_cfg)`. Every actor rule is also in RULES, applied to the actor section.
 
-Every rule applies only to an ERC run (`erc_run`): an ERC loss mode, the entropy-ratio monitor, or
-the positive-sample NLL term. A run with none of them is verl's own run, and erc_verl changes
-nothing in it (no wrapper alters its control flow, its dynamic sampling or its trainer checks).
+Every rule but `settings_problem` applies only to an ERC run (`erc_run`): an ERC loss mode, the
+entropy-ratio monitor, or the positive-sample NLL term. A run with none of them is verl's own run,
+and erc_verl changes nothing in it (no wrapper alters its control flow, its dynamic sampling or its
+trainer checks). `settings_problem` is the settings' own validation (erc_verl.settings), which the
+worker's ERCPolicyLossConfig runs too, so both refuse with the same words.
 """
 
 import os
 
-from .registry import loss_wants_entropy
+from ..settings import select, settings
 
 # The engines whose logits erc_verl's gate entropy is computed from (workers/engine/fsdp).
 FSDP_STRATEGIES = ("fsdp", "fsdp2")
@@ -23,38 +25,23 @@ FSDP_STRATEGIES = ("fsdp", "fsdp2")
 FUSED_ENTROPY_MEASURED_REL_ERROR = 1.0
 
 
-def _get(cfg, dotted: str, default=None):
-    """cfg.a.b.c for DictConfig, dict or dataclass-like objects; default where any level is missing."""
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        if hasattr(node, "get") and not isinstance(node, type):
-            try:
-                node = node.get(part, None)
-            except Exception:  # a structured config refusing an unknown key
-                node = None
-        else:
-            node = getattr(node, part, None)
-    return default if node is None else node
-
-
-def _positive_nll(policy_loss) -> bool:
+def _erc(actor_cfg):
+    """The actor's ERCSettings; None when they do not validate (settings_problem says why)."""
     try:
-        return float(_get(policy_loss, "positive_nll_coeff", 0.0) or 0.0) > 0
-    except (TypeError, ValueError):
-        return False
+        return settings(select(actor_cfg, "policy_loss"))
+    except ValueError:
+        return None
 
 
 def erc_actor(actor_cfg) -> bool:
     """Whether this actor config uses ERC: an ERC mode, the monitor, or positive_nll_coeff > 0."""
-    policy_loss = _get(actor_cfg, "policy_loss")
-    return loss_wants_entropy(policy_loss) or _positive_nll(policy_loss)
+    erc = _erc(actor_cfg)
+    return erc is not None and erc.active
 
 
 def erc_run(cfg) -> bool:
     """Whether the trainer's config is an ERC run (see erc_actor)."""
-    return erc_actor(_get(cfg, "actor_rollout_ref.actor"))
+    return erc_actor(select(cfg, "actor_rollout_ref.actor"))
 
 
 def wants_dynamic_sampling_bound(cfg) -> bool:
@@ -63,7 +50,7 @@ def wants_dynamic_sampling_bound(cfg) -> bool:
     if erc_run(cfg) or os.environ.get("ERC_VERL_MAX_FILTERED_BATCHES", "").strip():
         return True
     try:
-        return int(_get(cfg, "algorithm.filter_groups.max_num_gen_batches", 0) or 0) > 0
+        return int(select(cfg, "algorithm.filter_groups.max_num_gen_batches", 0) or 0) > 0
     except (TypeError, ValueError):
         return False
 
@@ -71,10 +58,19 @@ def wants_dynamic_sampling_bound(cfg) -> bool:
 # ---- actor-level rules (worker side, and the actor section of the whole config) ----------------
 
 
+def settings_problem(actor_cfg) -> str | None:
+    """The policy_loss settings validate (erc_verl.settings): the same words as the worker's config."""
+    try:
+        settings(select(actor_cfg, "policy_loss"))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def engine_problem(actor_cfg) -> str | None:
     if not erc_actor(actor_cfg):
         return None
-    strategy = str(_get(actor_cfg, "strategy", "fsdp"))
+    strategy = str(select(actor_cfg, "strategy", "fsdp"))
     if strategy in FSDP_STRATEGIES:
         return None
     return (
@@ -86,10 +82,10 @@ def engine_problem(actor_cfg) -> str | None:
 
 
 def fused_kernels_problem(actor_cfg) -> str | None:
-    if not erc_actor(actor_cfg) or not bool(_get(actor_cfg, "use_fused_kernels", False)):
+    if not erc_actor(actor_cfg) or not bool(select(actor_cfg, "use_fused_kernels", False)):
         return None
-    accepted = float(_get(actor_cfg, "policy_loss.fused_entropy_accepted_rel_error", 0.0) or 0.0)
-    if loss_wants_entropy(_get(actor_cfg, "policy_loss")) and accepted < FUSED_ENTROPY_MEASURED_REL_ERROR:
+    erc = _erc(actor_cfg)
+    if erc.wants_entropy and erc.tooling.fused_entropy_accepted_rel_error < FUSED_ENTROPY_MEASURED_REL_ERROR:
         return (
             "actor_rollout_ref.model.use_fused_kernels=true: verl's fused kernel gives the only entropy "
             "there, measured at up to 100% relative error below H = 1e-4, which decides ERC's band. Fix: "
@@ -99,21 +95,10 @@ def fused_kernels_problem(actor_cfg) -> str | None:
     return None
 
 
-def erc_base_problem(actor_cfg) -> str | None:
-    policy_loss = _get(actor_cfg, "policy_loss")
-    if str(_get(policy_loss, "loss_mode", "vanilla")) != "erc":
-        return None
-    from ..losses import erc_base_problem as problem
-
-    return problem(
-        str(_get(policy_loss, "erc_base_loss_mode", "vanilla")), _get(policy_loss, "erc_token_local_modes", ())
-    )
-
-
 def global_nll_problem(actor_cfg) -> str | None:
     """positive_nll_norm=global needs the mini-batch counts that only the runtime plumbing computes."""
-    policy_loss = _get(actor_cfg, "policy_loss")
-    if not _positive_nll(policy_loss) or str(_get(policy_loss, "positive_nll_norm", "micro")) != "global":
+    erc = _erc(actor_cfg)
+    if erc is None or not erc.positive_nll or erc.algorithm.positive_nll_norm != "global":
         return None
     from .version import tree_is_patched
 
@@ -124,7 +109,7 @@ def global_nll_problem(actor_cfg) -> str | None:
     return GLOBAL_NORM_UNAVAILABLE
 
 
-ACTOR_RULES = (engine_problem, fused_kernels_problem, erc_base_problem, global_nll_problem)
+ACTOR_RULES = (settings_problem, engine_problem, fused_kernels_problem, global_nll_problem)
 
 
 def actor_problems(actor_cfg) -> list[str]:
@@ -136,7 +121,7 @@ def actor_problems(actor_cfg) -> list[str]:
 
 def _on_actor(rule):
     def whole(cfg):
-        return rule(_get(cfg, "actor_rollout_ref.actor"))
+        return rule(select(cfg, "actor_rollout_ref.actor"))
 
     whole.__name__ = rule.__name__
     return whole
@@ -156,11 +141,11 @@ def async_trainer_problem(cfg) -> str | None:
     """verl's experimental asynchronous trainers, and any V1 trainer mode not verified with ERC."""
     if not erc_run(cfg):
         return None
-    if _get(cfg, "async_training") is not None or _get(cfg, "rollout.nnodes") is not None:
+    if select(cfg, "async_training") is not None or select(cfg, "rollout.nnodes") is not None:
         return ASYNC_TRAINER_PROBLEM
-    if not bool(_get(cfg, "trainer.use_v1", True)):
+    if not bool(select(cfg, "trainer.use_v1", True)):
         return None
-    mode = str(_get(cfg, "trainer.v1.trainer_mode", "sync"))
+    mode = str(select(cfg, "trainer.v1.trainer_mode", "sync"))
     if mode not in V1_TRAINER_MODES:
         return (
             f"trainer.v1.trainer_mode={mode} is not one of the V1 trainer modes verified with ERC "
@@ -181,9 +166,9 @@ ASYNC_TRAINER_PROBLEM = (
 
 
 def bypass_problem(cfg) -> str | None:
-    if not erc_run(cfg) or not loss_wants_entropy(_get(cfg, "actor_rollout_ref.actor.policy_loss")):
+    if not erc_run(cfg) or not _erc(select(cfg, "actor_rollout_ref.actor")).wants_entropy:
         return None
-    if bool(_get(cfg, "algorithm.rollout_correction.bypass_mode", False)):
+    if bool(select(cfg, "algorithm.rollout_correction.bypass_mode", False)):
         return (
             "algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, which is where "
             "H_old comes from. Fix: set algorithm.rollout_correction.bypass_mode=false."
@@ -193,9 +178,9 @@ def bypass_problem(cfg) -> str | None:
 
 def v0_trainer_problem(cfg) -> str | None:
     """Why the v0 trainer would silently run another experiment than this ERC config, or None."""
-    if not erc_run(cfg) or bool(_get(cfg, "trainer.use_v1", True)):
+    if not erc_run(cfg) or bool(select(cfg, "trainer.use_v1", True)):
         return None
-    if bool(_get(cfg, "algorithm.filter_groups.enable", False)):
+    if bool(select(cfg, "algorithm.filter_groups.enable", False)):
         return V0_DYNAMIC_SAMPLING_PROBLEM
     return None
 
@@ -208,10 +193,7 @@ V0_DYNAMIC_SAMPLING_PROBLEM = (
 )
 
 RULES = (
-    _on_actor(engine_problem),
-    _on_actor(fused_kernels_problem),
-    _on_actor(erc_base_problem),
-    _on_actor(global_nll_problem),
+    *(_on_actor(rule) for rule in ACTOR_RULES),
     async_trainer_problem,
     bypass_problem,
     v0_trainer_problem,

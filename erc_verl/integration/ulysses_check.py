@@ -16,18 +16,11 @@ from __future__ import annotations
 import functools
 import os
 
+from ..settings import select as _select
+
 # verl's default when model.override_config names none (verl/workers/config/model.py).
 VERL_DEFAULT_ATTENTION = "flash_attention_2"
 COVERED = ("flash_attention_2", "flash_attention_3")
-
-
-def _select(cfg, dotted: str, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
-    return default if node is None else node
 
 
 def ulysses_sizes(actor_rollout_ref) -> dict[str, int]:

@@ -4,7 +4,8 @@ Touch-points, each a wrapper that calls verl's own function (nothing in verl's f
 
 | verl 0.9.1 module                          | wrapped                               | why |
 | ------------------------------------------ | ------------------------------------- | --- |
-| workers/utils/losses.py (+ engine_workers) | ppo_loss                              | feed H_cur/H_old to the ERC losses; monitor metrics for baselines; positive-sample NLL term |
+| workers/utils/losses.py (+ engine_workers) | ppo_loss                              | pass H_cur/H_old to the ERC losses; monitor metrics for baselines; positive-sample NLL term |
+| workers/utils/losses.py                    | get_policy_loss_fn (its binding there) | inside that ppo_loss only: the ERC loss with this micro-batch's entropies as keywords |
 | workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel (not the reference pass of a LoRA run) |
 | workers/engine_workers.py                  | TrainingWorker.train_mini_batch       | keep fraction per mini-batch as a count ratio; erc_keep_frac_first_mb (also on patched trees) |
 | workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_step     | update: ask for the gate entropy when the loss wants it |
@@ -22,14 +23,15 @@ backward on (verl turns that off whenever `calculate_entropy` is set).
 docs/architecture.md has the table with the matching patches.
 """
 
+import contextvars
 import functools
 import sys
 import weakref
 
 import torch
 
+from ..settings import settings
 from .hooks import after_import, original, wrap
-from .registry import is_erc_mode, loss_wants_entropy
 
 _INSTALLED = "_erc_verl_plumbing"
 # Non-tensor flag on a micro-batch: compute erc_verl's gate entropy for it, in the
@@ -39,38 +41,45 @@ GATE_FLAG = "erc_verl_gate_entropy"
 GATE_KEY = "erc_gate_entropy"
 
 
-class EntropyFeed:
-    """One micro-batch's entropies, handed to an ERC loss through the actor config."""
+class PolicyLossEntropies:
+    """One micro-batch's H_cur and H_old for an ERC loss, and the metrics it returned.
+
+    verl 0.9.1's ppo_loss calls the policy loss with a fixed keyword set
+    (verl/workers/utils/losses.py, ppo_loss: `policy_loss_fn(old_log_prob=..., config=...,
+    rollout_is_weights=...)`), so the entropies cannot travel as arguments through it. This is
+    the one side channel: erc_verl's ppo_loss sets it for exactly one call of verl's ppo_loss,
+    and the policy-loss lookup inside that call returns the ERC loss with the entropies bound as
+    its `entropy=` / `old_entropy=` keywords. verl then wraps every returned metric as
+    Metric(MEAN), which refuses ERC's SUM/MIN/MAX metrics, so the Metric-typed ones are handed
+    back here and merged after verl's ppo_loss returns (a patched tree keeps them itself).
+    """
 
     def __init__(self, entropy, old_entropy):
         self.entropy = entropy
         self.old_entropy = old_entropy
-        self.metrics = {}  # ERC metrics with their own aggregation (erc_verl.losses.report_metrics)
+        self.metrics = {}
+
+    def call(self, loss_fn, **kwargs):
+        from verl.utils.metric import Metric
+
+        loss, metrics = loss_fn(**kwargs, entropy=self.entropy, old_entropy=self.old_entropy)
+        self.metrics = {k: v for k, v in metrics.items() if isinstance(v, Metric)}
+        return loss, {k: v for k, v in metrics.items() if k not in self.metrics}
 
 
-class ConfigWithFeed:
-    """The actor config verl passes to the policy loss, plus `erc_feed`; reads fall through.
+_CURRENT = contextvars.ContextVar("erc_verl_policy_loss_entropies", default=None)
 
-    verl's ppo_loss calls the loss with a fixed set of keywords; like verl's own
-    `config.global_batch_info`, per-micro-batch inputs travel on the config object. Nothing
-    global is replaced, so concurrent or nested calls cannot see each other's entropies.
-    """
 
-    def __init__(self, actor_config, feed: EntropyFeed):
-        object.__setattr__(self, "actor_config", actor_config)
-        object.__setattr__(self, "erc_feed", feed)
+def make_get_policy_loss_fn(verl_get_policy_loss_fn):
+    """verl's lookup, unchanged unless erc_verl's ppo_loss is feeding an ERC loss right now."""
 
-    def __getattr__(self, name):
-        return getattr(self.actor_config, name)
+    @functools.wraps(verl_get_policy_loss_fn)
+    def get_policy_loss_fn(name):
+        loss_fn = verl_get_policy_loss_fn(name)
+        entropies = _CURRENT.get()
+        return loss_fn if entropies is None else functools.partial(entropies.call, loss_fn)
 
-    def __getitem__(self, key):
-        return self.actor_config[key]
-
-    def __contains__(self, key):
-        return key in self.actor_config
-
-    def get(self, key, default=None):
-        return self.actor_config.get(key, default)
+    return get_policy_loss_fn
 
 
 def _padded_response_field(data, key: str):
@@ -81,7 +90,7 @@ def _padded_response_field(data, key: str):
 
 
 def _missing_entropy_error(which: str, config) -> ValueError:
-    mode = config.policy_loss.get("loss_mode", "vanilla")
+    mode = settings(config.policy_loss).algorithm.loss_mode
     if which == "old":
         return ValueError(
             f"policy_loss.loss_mode={mode!r} (or entropy_ratio_monitor) needs the old-policy entropy, "
@@ -125,8 +134,8 @@ def make_ppo_loss(verl_ppo_loss):
     then adds the authors' positive-sample NLL term (any loss mode, positive_nll_coeff > 0)."""
 
     def entropy_ppo_loss(config, model_output, data, dp_group):
-        policy_loss = config.policy_loss
-        if not loss_wants_entropy(policy_loss):
+        erc = settings(config.policy_loss)
+        if not erc.wants_entropy:
             return verl_ppo_loss(config, model_output, data, dp_group)
         from verl.workers.utils.padding import no_padding_2_padding
 
@@ -141,10 +150,14 @@ def make_ppo_loss(verl_ppo_loss):
             raise _missing_entropy_error("old", config)
         current = no_padding_2_padding(current, data)
 
-        if is_erc_mode(policy_loss):
-            feed = EntropyFeed(current, old)
-            loss, metrics = verl_ppo_loss(ConfigWithFeed(config, feed), model_output, data, dp_group)
-            metrics.update(feed.metrics)
+        if erc.is_erc:
+            entropies = PolicyLossEntropies(current, old)
+            token = _CURRENT.set(entropies)
+            try:
+                loss, metrics = verl_ppo_loss(config, model_output, data, dp_group)
+            finally:
+                _CURRENT.reset(token)
+            metrics.update(entropies.metrics)
             return loss, metrics
 
         # Monitor on a baseline: verl's loss runs untouched; the ratio statistics are only read.
@@ -178,9 +191,9 @@ REWARD_FIELDS = ("token_level_scores", "rm_scores", "token_level_rewards")
 def add_positive_nll(config, model_output, data, loss, metrics):
     """loss + coeff * erc_verl.losses.positive_nll_loss on the model's own log-probs (never
     ERC-gated), with actor/positive_nll; unchanged when positive_nll_coeff is 0."""
-    from ..losses import positive_nll_coeff, positive_nll_term
+    from ..losses import positive_nll_term
 
-    if not positive_nll_coeff(config.policy_loss):
+    if not settings(config.policy_loss).positive_nll:
         return loss, metrics
     from verl.utils import tensordict_utils as tu
     from verl.utils.metric import AggregationType, Metric
@@ -211,10 +224,8 @@ POSITIVES_KEY = "erc_verl_mini_batch_positives"
 
 
 def _wants_global_positives(config) -> bool:
-    from ..losses import positive_nll_coeff, positive_nll_norm
-
-    policy_loss = config.get("policy_loss") if config is not None else None
-    return positive_nll_coeff(policy_loss) > 0 and positive_nll_norm(policy_loss) == "global"
+    erc = settings(config.get("policy_loss") if config is not None else None)
+    return erc.positive_nll and erc.algorithm.positive_nll_norm == "global"
 
 
 def make_forward_backward_batch(verl_forward_backward_batch):
@@ -228,18 +239,13 @@ def make_forward_backward_batch(verl_forward_backward_batch):
             from verl.utils import tensordict_utils as tu
             from verl.utils.device import get_device_id
 
-            from ..losses import (
-                missing_rewards_error,
-                positive_counts,
-                positive_nll_coeff,
-                positive_responses,
-                positive_rule,
-            )
+            from ..losses import missing_rewards_error, positive_counts, positive_responses
 
+            algorithm = settings(config.policy_loss).algorithm
             rewards = _rewards(data)
             if rewards is None:
-                raise missing_rewards_error(positive_nll_coeff(config.policy_loss))
-            positive = positive_responses(rewards, *positive_rule(config.policy_loss))
+                raise missing_rewards_error(algorithm.positive_nll_coeff)
+            positive = positive_responses(rewards, *algorithm.positive_rule)
             counts = positive_counts(_padded_response_field(data, "response_mask"), positive).to(get_device_id())
             torch.distributed.all_reduce(counts, group=self.get_data_parallel_group())
             tu.assign_non_tensor(data, **{POSITIVES_KEY: tuple(counts.tolist())})
@@ -254,7 +260,7 @@ def _actor_config(loss_function):
 
 
 def _gate_entropy_wanted(config) -> bool:
-    return config is not None and loss_wants_entropy(config.get("policy_loss"))
+    return config is not None and settings(config.get("policy_loss")).wants_entropy
 
 
 def is_old_log_prob_pass(data) -> bool:
@@ -432,7 +438,7 @@ def make_v0_compute_old_log_prob(verl_compute_old_log_prob):
     def _compute_old_log_prob(self, batch):
         old_log_prob, mfu = verl_compute_old_log_prob(self, batch)
         policy_loss = self.config.actor_rollout_ref.actor.get("policy_loss")
-        if loss_wants_entropy(policy_loss) and "entropys" in old_log_prob.batch.keys():
+        if settings(policy_loss).wants_entropy and "entropys" in old_log_prob.batch.keys():
             old_log_prob.batch["entropy"] = old_log_prob.batch["entropys"].clone()
         return old_log_prob, mfu
 
@@ -486,6 +492,7 @@ def wiring_diagnosis() -> str:
 
 def _patch_losses(module) -> None:
     _wrap(module, "ppo_loss", make_ppo_loss)
+    _wrap(module, "get_policy_loss_fn", make_get_policy_loss_fn)
     # verl modules that bound the original with `from verl.workers.utils.losses import ppo_loss`
     # before erc_verl loaded (verl/trainer/distillation/losses.py does, at import) call the
     # wrapped one from now on; any other module still holding it is named by wiring_diagnosis.

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from . import smoke
+from .overrides import CPU_PLUGINS, RUNTIME_ENV
 from .ray_cluster import private_temp_dir
 
 # loss mode -> (recipe, clip low, clip high). Every recipe: dual-clip 10, token-mean, GRPO,
@@ -26,7 +27,6 @@ MODES = {
 ERC_MODES = ("dapo_erc", "gppo_erc")
 GATE_AUDIT_MODULE = "erc_verl.rehearsal.gate_audit"
 GATE_AUDIT_ENV = "ERC_VERL_GATE_AUDIT"  # = gate_audit.ENV (not imported here: that module hooks verl)
-RUNTIME_ENV = "ray_kwargs.ray_init.runtime_env.env_vars"
 
 
 def model_spec(args):
@@ -74,7 +74,7 @@ def demo_overrides(args, mode: str, audit_path: Path) -> list[str]:
         "trainer.val_before_train=false",
         f"trainer.test_freq={args.steps}",
         "trainer.save_freq=-1",
-        f"{RUNTIME_ENV}.VERL_USE_EXTERNAL_MODULES={_quote('erc_verl,' + GATE_AUDIT_MODULE)}",
+        f"{RUNTIME_ENV}.VERL_USE_EXTERNAL_MODULES={_quote(','.join((*CPU_PLUGINS, GATE_AUDIT_MODULE)))}",
         f"++{RUNTIME_ENV}.{GATE_AUDIT_ENV}={_quote(audit_path)}",
         f"++{RUNTIME_ENV}.OMP_NUM_THREADS={_quote(args.threads)}",
         # Ray takes only strings here; an unquoted `false` would reach it as a bool.

@@ -21,8 +21,8 @@ after erc_verl's own hooks, so it wraps erc_verl's registered losses and plumbin
 * verl's `ppo_loss` (workers/utils/losses.py), outermost: for a baseline with
   `entropy_ratio_monitor: true` the entropies never reach the loss (erc_verl's monitor reads
   them in its ppo_loss wrapper), so this wrapper hands the spy the same two tensors for the
-  duration of the call. An ERC loss gets them from the actor config
-  (`erc_verl.losses.fed_entropies`), exactly as the loss itself reads them.
+  duration of the call. An ERC loss gets them as its `entropy=` / `old_entropy=` keywords,
+  which the spy reads as the loss does.
 
 Each loss call appends one JSON line to the file (O_APPEND, one write per line):
 {"pid", "mode", "erc", "low", "high", "checked", "tokens", "out_of_band", "out_of_band_with_grad",
@@ -85,7 +85,7 @@ def make_spy(mode: str, real, path: str):
     """The registered loss `mode`, counting which tokens its pg_loss sends gradient to."""
     import functools
 
-    from erc_verl.losses import erc_band, fed_entropies
+    from erc_verl.losses import erc_band
     from erc_verl.modes import ERC_LOSS_MODES
 
     erc = mode in ERC_LOSS_MODES
@@ -97,7 +97,7 @@ def make_spy(mode: str, real, path: str):
         record = {"pid": os.getpid(), "mode": mode, "erc": erc, "checked": False}
         log_prob, response_mask = kwargs.get("log_prob"), kwargs.get("response_mask")
         if erc:
-            entropy, old_entropy = fed_entropies(config, kwargs.get("entropy"), kwargs.get("old_entropy"))
+            entropy, old_entropy = kwargs.get("entropy"), kwargs.get("old_entropy")
         else:
             entropy, old_entropy = _MONITOR_ENTROPIES.get() or (None, None)
         if log_prob is None or response_mask is None:
@@ -133,9 +133,9 @@ def make_ppo_loss(inner):
 
     @functools.wraps(inner)
     def ppo_loss(config, model_output, data, dp_group=None):
-        from erc_verl.integration.registry import monitor_enabled
+        from erc_verl.settings import settings
 
-        if not monitor_enabled(config.policy_loss):
+        if not settings(config.policy_loss).monitor:
             return inner(config, model_output, data, dp_group)
         from verl.workers.utils.padding import no_padding_2_padding
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 POLL_S = "0.2"
+# The plugins every process of a CPU run loads: erc_verl and its CPU runtime (a plugin of its own;
+# the entry points load both too, this also covers a checkout that is not pip-installed).
+CPU_PLUGINS = ("erc_verl", "erc_verl.cpu")
 RUNTIME_ENV = "ray_kwargs.ray_init.runtime_env.env_vars"
 # Logical CPUs per Ray node: TransferQueue, the reward and agent-loop workers, the rollout
 # replicas and the training workers each hold some; the machine's real cores are shared anyway.

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout_probe
-from .overrides import POLL_S, RAY_CPUS_PER_NODE, RUNTIME_ENV, Layout, pick_ulysses, smoke_overrides
+from .overrides import CPU_PLUGINS, POLL_S, RAY_CPUS_PER_NODE, RUNTIME_ENV, Layout, pick_ulysses, smoke_overrides
 from .ray_cluster import AUTH_ENV, LocalRayCluster, private_temp_dir
 from .run_folder import (
     MARKER,
@@ -173,9 +173,12 @@ def build_smoke(
     replaced = {o.split("=", 1)[0] for o, _ in trainer_mode.overrides()}
     overrides = [p for p in overrides if p[0].split("=", 1)[0] not in replaced] + trainer_mode.overrides()
     if probe_file is not None:
-        modules = f"erc_verl,{layout_probe.MODULE}"
+        modules = ",".join((*CPU_PLUGINS, layout_probe.MODULE))
         overrides += [
-            (f"++{RUNTIME_ENV}.VERL_USE_EXTERNAL_MODULES='{modules}'", "erc_verl, and the layout probe (layout.json)"),
+            (
+                f"++{RUNTIME_ENV}.VERL_USE_EXTERNAL_MODULES='{modules}'",
+                "erc_verl, its CPU runtime, and the layout probe (layout.json)",
+            ),
             (f"++{RUNTIME_ENV}.{layout_probe.ENV}={probe_file}", "each training rank records its Ray node there"),
         ]
     if worker_slots:
@@ -198,8 +201,7 @@ def build_smoke(
     ]
     env = dict(os.environ)
     external = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-    if "erc_verl" not in external:
-        external.append("erc_verl")
+    external += [m for m in CPU_PLUGINS if m not in external]
     env.update(
         VERL_PLATFORM="cpu",
         VERL_USE_EXTERNAL_MODULES=",".join(external),

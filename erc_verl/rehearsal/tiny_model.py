@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .smoke_data import make_problem, write_data
+
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # DeepSeek-R1-Distill style: the template opens the think block, the model closes it.
@@ -64,11 +66,6 @@ def build_tokenizer():
     tok.add_tokens([THINK_OPEN, THINK_CLOSE])
     tok.chat_template = CHAT_TEMPLATE
     return tok
-
-
-def make_problem(rng: random.Random, max_operand: int) -> tuple[str, str]:
-    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-    return f"{a}+{b}", str(a + b)
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
@@ -155,8 +152,6 @@ def asset_paths(cache_dir: Path, spec: ModelSpec = ModelSpec()) -> tuple[Path, d
 
 def prepare_assets(cache_dir: Path, spec: ModelSpec = ModelSpec(), log=print) -> tuple[Path, dict]:
     """(model folder, {"train": parquet, "test": parquet}), built once per spec and cached."""
-    from .smoke_data import write_data
-
     model_dir, data = asset_paths(cache_dir, spec)
     folder = model_dir.parent
     if not (model_dir / "erc_verl_smoke.json").exists():
@@ -165,11 +160,11 @@ def prepare_assets(cache_dir: Path, spec: ModelSpec = ModelSpec(), log=print) ->
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)  # only this process's own leftover
         build_model(tmp / "model", spec, log=log)
-        write_data(tmp / "data", spec)
+        write_data(tmp / "data", spec.max_operand, spec.seed)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: keep its cache, drop ours
             shutil.rmtree(tmp, ignore_errors=True)
     elif not data["test"].exists():
-        write_data(data["test"].parent, spec)
+        write_data(data["test"].parent, spec.max_operand, spec.seed)
     return model_dir, data

@@ -253,12 +253,14 @@ def check_config(cfg, model_path: str | None = None, check_paths: bool = False) 
                 f"{metric!r} is not produced by the reward (available: {', '.join(sorted(reward_keys))})",
             )
 
-    policy_loss = actor.policy_loss
+    from erc_verl.settings import settings
+
+    erc = settings(actor.policy_loss)
     return {
         "loss_mode": mode,
         "clip": f"{actor.clip_ratio_low}/{actor.clip_ratio_high}/c={actor.clip_ratio_c}",
-        "erc_band": f"{getattr(policy_loss, 'entropy_ratio_low', None)}/{getattr(policy_loss, 'entropy_ratio_high', None)}",
-        "monitor": getattr(policy_loss, "entropy_ratio_monitor", None),
+        "erc_band": "/".join(map(str, erc.band)) if erc.declared else "None/None",
+        "monitor": erc.tooling.entropy_ratio_monitor if erc.declared else None,
         "critic": use_critic,
         "ref": use_ref,
         **({"not checked here": not_checked} if not_checked else {}),

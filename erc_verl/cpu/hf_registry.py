@@ -1,11 +1,11 @@
-"""Registers erc_verl's CPU rollout backend `hf` with verl, lazily (erc_verl/cpu/rollout.py).
+"""Registers erc_verl's CPU rollout backend `hf` with verl, lazily (rollout.py beside this file).
 
 Two entries, both through verl 0.9.1's own extension points, each added right after verl
 imports the module that holds it (erc_verl.integration.hooks.after_import), so loading the
 plugin imports nothing extra:
   verl.workers.rollout.replica.RolloutReplicaRegistry   "hf" -> a loader returning HFReplica
   verl.workers.rollout.base._ROLLOUT_REGISTRY          ("hf", "async") -> HFServerAdapter
-erc_verl.cpu.rollout (torch, transformers) is imported only when a config selects
+erc_verl.cpu.rollout (torch, transformers, Ray) is imported only when a config selects
 `actor_rollout_ref.rollout.name=hf`, by verl calling the loader or the adapter lookup.
 
 The sample's place in its group reaches the `hf` server too, so that it can seed each sample
@@ -18,7 +18,7 @@ passes it on as `erc_sample`, for `rollout.name=hf` only; other backends see no 
 import contextvars
 import functools
 
-from .hooks import after_import, wrap
+from ..integration.hooks import after_import, wrap
 
 _SESSION = contextvars.ContextVar("erc_verl_hf_session", default=None)
 
