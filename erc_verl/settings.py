@@ -237,11 +237,6 @@ def select(cfg, dotted: str, default=None):
     return default if node is None else node
 
 
-def policy_loss_of(cfg, actor_path: str = "actor_rollout_ref.actor"):
-    """The policy_loss node of a whole trainer config (or of an actor config with actor_path="")."""
-    return select(cfg, f"{actor_path}.policy_loss" if actor_path else "policy_loss")
-
-
 # `${erc_verl.default:NAME}` in a Hydra config: NAME's default above. The shipped snippet
 # (erc_verl/conf/policy_loss/erc.yaml) lists every field so, and each default stays written once.
 RESOLVER = "erc_verl.default"

@@ -11,6 +11,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from harness.private_ray import private_ray  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():
@@ -19,9 +21,8 @@ def ray_cluster():
     runtime_env = get_ppo_ray_runtime_env()
     # Workers must not inherit the test process's own registration through an environment leak.
     runtime_env.setdefault("env_vars", {}).pop("VERL_USE_EXTERNAL_MODULES", None)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
-    yield
-    ray.shutdown()
+    with private_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env):
+        yield
 
 
 @ray.remote(num_cpus=0)

@@ -41,6 +41,7 @@ import ray  # noqa: E402  (a verl dependency)
 import torch
 import transfer_queue as tq  # noqa: E402  (the `test` extra; verl's V1 trainer needs it: no skip, fail loudly)
 from harness import training_worker as engine_cpu  # sets VERL_PLATFORM=cpu before verl resolves its platform
+from harness.private_ray import private_ray
 
 from erc_verl.metrics import METRIC_NAMES
 
@@ -110,13 +111,9 @@ def actor_worker(config):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        # logical CPUs: TransferQueue's controller and its storage unit each reserve one
-        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+    # logical CPUs: TransferQueue's controller and its storage unit each reserve one
+    with private_ray(num_cpus=3, include_dashboard=False, log_to_driver=False):
+        yield
 
 
 @pytest.fixture(scope="module")

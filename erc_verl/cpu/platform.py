@@ -23,6 +23,8 @@ from typing import Any
 import psutil
 import torch
 
+from erc_verl.integration.hooks import after_import, wrap
+
 PLATFORM_NAME = "cpu"
 
 
@@ -254,8 +256,6 @@ def install_if_selected() -> bool:
         import verl.plugin.platform  # noqa: F401
     except ImportError:  # a verl without platform plugins (0.7.1, patched): nothing to register
         return False
-    from erc_verl.integration.hooks import after_import
-
     _register_platform_class()
     after_import("verl.workers.engine.fsdp.transformer_impl", _register_engines_after_import)
     # verl's Ulysses covers flash attention only; the CPU runs sdpa (see erc_verl/cpu/ulysses.py).
@@ -290,41 +290,39 @@ def _cpu_backend(backend: str | None) -> str | None:
     return backend
 
 
+_MARK = "_erc_verl_cpu"
+
+
+def _make_init_ray(ray_init):
+    def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        if not _cpu_selected():
+            return ray_init(timeout_second=timeout_second, backend=backend)
+        from verl.utils.device import get_device_name, get_nccl_backend
+
+        default = f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"
+        return ray_init(timeout_second=timeout_second, backend=_cpu_backend(backend or default))
+
+    return initialize_global_process_group_ray
+
+
+def _make_init(plain_init):
+    def initialize_global_process_group(timeout_second=36000):
+        if not _cpu_selected():
+            return plain_init(timeout_second=timeout_second)
+        from datetime import timedelta
+
+        torch.distributed.init_process_group(
+            backend="gloo", timeout=timedelta(seconds=timeout_second), init_method=os.environ.get("DIST_INIT_METHOD")
+        )
+        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+    return initialize_global_process_group
+
+
 def _patch_distributed(module) -> None:
     """verl/utils/distributed.py, initialize_global_process_group{,_ray}: see _cpu_backend."""
-    ray_init = module.initialize_global_process_group_ray
-    if not getattr(ray_init, "_erc_verl_cpu", False):
-
-        def initialize_global_process_group_ray(timeout_second=None, backend=None):
-            if not _cpu_selected():
-                return ray_init(timeout_second=timeout_second, backend=backend)
-            from verl.utils.device import get_device_name, get_nccl_backend
-
-            default = f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"
-            return ray_init(timeout_second=timeout_second, backend=_cpu_backend(backend or default))
-
-        initialize_global_process_group_ray._erc_verl_cpu = True
-        initialize_global_process_group_ray.__wrapped__ = ray_init
-        module.initialize_global_process_group_ray = initialize_global_process_group_ray
-
-    plain_init = module.initialize_global_process_group
-    if not getattr(plain_init, "_erc_verl_cpu", False):
-
-        def initialize_global_process_group(timeout_second=36000):
-            if not _cpu_selected():
-                return plain_init(timeout_second=timeout_second)
-            from datetime import timedelta
-
-            torch.distributed.init_process_group(
-                backend="gloo",
-                timeout=timedelta(seconds=timeout_second),
-                init_method=os.environ.get("DIST_INIT_METHOD", None),
-            )
-            return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-
-        initialize_global_process_group._erc_verl_cpu = True
-        initialize_global_process_group.__wrapped__ = plain_init
-        module.initialize_global_process_group = initialize_global_process_group
+    wrap(module, "initialize_global_process_group_ray", _make_init_ray, _MARK)
+    wrap(module, "initialize_global_process_group", _make_init, _MARK)
 
 
 def _rebind_distributed(module) -> None:
@@ -336,18 +334,14 @@ def _rebind_distributed(module) -> None:
             setattr(module, name, getattr(dist, name))
 
 
-def _patch_resource_check(module) -> None:
+def _make_resource_check(verl_check):
     """verl/single_controller/ray/base.py, ResourcePoolManager._check_resource_available counts
     only GPU/NPU resources ("Total available GPUs 0 is less than total desired GPUs 1"); on the
     CPU platform the pools' bundles hold Ray CPUs, so count those instead."""
-    cls = module.ResourcePoolManager
-    original = cls._check_resource_available
-    if getattr(original, "_erc_verl_cpu", False):
-        return
 
     def _check_resource_available(self):
         if not _cpu_selected():
-            return original(self)
+            return verl_check(self)
         import ray
 
         available = sum(node.get("CPU", 0) for node in ray._private.state.available_resources_per_node().values())
@@ -358,14 +352,15 @@ def _patch_resource_check(module) -> None:
                 "start Ray with more logical CPUs (ray_kwargs.ray_init.num_cpus)"
             )
 
-    _check_resource_available._erc_verl_cpu = True
-    cls._check_resource_available = _check_resource_available
+    return _check_resource_available
+
+
+def _patch_resource_check(module) -> None:
+    wrap(module.ResourcePoolManager, "_check_resource_available", _make_resource_check, _MARK)
 
 
 def install_trainer_support() -> None:
     """Let verl's Ray trainer (main_ppo) start on the CPU platform. Idempotent, lazy."""
-    from erc_verl.integration.hooks import after_import
-
     after_import("verl.utils.distributed", _patch_distributed)
     for name in ("verl.workers.engine_workers", "verl.workers.fsdp_workers"):
         after_import(name, _rebind_distributed)

@@ -11,19 +11,20 @@ mini-batch, across ranks. The wrappers only read: the data logged is passed on u
 import functools
 import logging
 
-from ..settings import policy_loss_of, settings
+from ..settings import select, settings
 from .hooks import after_import, wrap
 
 _INSTALLED = "_erc_verl_driver_watch"
 KEY = "actor/erc_keep_frac"
 POSITIVE_KEY = "actor/positive_nll_frac"
+POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
 
 
 def watch_from_config(config):
     """A KeepFracFloor for an ERC loss mode's config (dict or DictConfig), else None."""
     from ..metrics import KeepFracFloor
 
-    erc = settings(policy_loss_of(config))
+    erc = settings(select(config, POLICY_LOSS))
     floor = erc.tooling.keep_frac_floor
     if not erc.is_erc or floor <= 0:
         return None
@@ -34,7 +35,7 @@ def positive_watch_from_config(config):
     """A NoPositiveResponses for a config with the positive-sample NLL term on, else None."""
     from ..metrics import NoPositiveResponses
 
-    erc = settings(policy_loss_of(config))
+    erc = settings(select(config, POLICY_LOSS))
     steps = erc.tooling.positive_nll_warn_steps
     if not erc.positive_nll or steps <= 0:
         return None

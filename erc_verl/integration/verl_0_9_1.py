@@ -1,26 +1,13 @@
 """Every place erc_verl touches stock verl 0.9.1 at run time (the patch sets do the same in source).
 
-Touch-points, each a wrapper that calls verl's own function (nothing in verl's files is edited):
-
-| verl 0.9.1 module                          | wrapped                               | why |
-| ------------------------------------------ | ------------------------------------- | --- |
-| workers/utils/losses.py (+ engine_workers) | ppo_loss                              | pass H_cur/H_old to the ERC losses; monitor metrics for baselines; positive-sample NLL term |
-| workers/utils/losses.py                    | get_policy_loss_fn (its binding there) | inside that ppo_loss only: the ERC loss with this micro-batch's entropies as keywords |
-| workers/engine_workers.py                  | TrainingWorker.infer_batch            | old-log-prob pass: H_old from erc_verl's kernel (not the reference pass of a LoRA run) |
-| workers/engine_workers.py                  | TrainingWorker.train_mini_batch       | keep fraction per mini-batch as a count ratio; erc_keep_frac_first_mb (also on patched trees) |
-| workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.forward_step     | update: ask for the gate entropy when the loss wants it |
-| workers/engine/fsdp/transformer_impl.py    | FSDPEngine.forward_backward_batch     | update: the mini-batch's positive counts (positive_nll_norm=global) |
-| workers/engine/fsdp/transformer_impl.py    | FSDPEngineWithLMHead.prepare_model_outputs | compute that entropy under no_grad, before the log-prob kernel |
-| trainer/ppo/ray_trainer.py (v0 trainer)    | RayPPOTrainer._compute_old_log_prob, fit | keep H_old (fit() pops `entropys`); refuse a recipe whose dynamic sampling v0 would drop |
-| trainer/ppo/v1/trainer_base.py (V1)        | PPOTrainer.__init__                   | refuse what `erc-verl check` refuses (support.problems), every trainer mode, before workers start |
-| experimental/separation/ray_trainer.py     | SeparateRayPPOTrainer.__init__        | refuse ERC runs in verl's one-step-off and fully-async trainers |
+Each touch-point is a wrapper that calls verl's own function (nothing in verl's files is edited);
+docs/architecture.md lists every one of them, with why and the matching patch.
 
 Why the entropy is computed here and not by verl's `calculate_entropy`: the ratio H_cur/H_old
 is compared with a +-5% band, so both must come from one accurate function
 (erc_verl.entropy.entropy_from_logits), whatever `use_torch_compile` or chunking say; and taken
 under no_grad before the log-prob kernel runs, it leaves flash-attn's in-place cross-entropy
 backward on (verl turns that off whenever `calculate_entropy` is set).
-docs/architecture.md has the table with the matching patches.
 """
 
 import contextvars
