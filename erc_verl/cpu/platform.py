@@ -261,6 +261,10 @@ def install_if_selected() -> bool:
     # verl's Ulysses covers flash attention only; the CPU runs sdpa (see erc_verl/cpu/ulysses.py).
     after_import("verl.models.transformers.monkey_patch", _install_ulysses_sdpa)
     install_trainer_support()
+    # verl's own vLLM rollout with vLLM's CPU build (erc_verl/cpu/vllm_hooks.py); lazy like the rest.
+    from .vllm_hooks import install as _install_vllm_hooks
+
+    _install_vllm_hooks()
     return True
 
 

@@ -15,6 +15,16 @@ RUNTIME_ENV = "ray_kwargs.ray_init.runtime_env.env_vars"
 # Logical CPUs per Ray node: TransferQueue, the reward and agent-loop workers, the rollout
 # replicas and the training workers each hold some; the machine's real cores are shared anyway.
 RAY_CPUS_PER_NODE = 16
+# The rollout engines a smoke can run: the recipes' own (verl's vLLM rollout, vLLM's CPU build)
+# and erc_verl's light `hf` backend (erc_verl/cpu/rollout.py).
+ROLLOUTS = ("vllm", "hf")
+DEFAULT_ROLLOUT = "vllm"
+# KV cache of each vLLM CPU engine, in GiB (vLLM's CPU backend otherwise reserves a share of the
+# machine's memory per engine; VLLM_CPU_KVCACHE_SPACE, read as a string).
+VLLM_KV_CACHE_GIB = "1"
+# One weight-sync bucket in shared memory per replica (verl's default is 2048 MiB); the tiny
+# model's weights are a few MiB.
+VLLM_BUCKET_MB = 64
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class Layout:
     workers_per_node: int = 1
     ulysses: int = 1
     recipe_ulysses: int | None = None  # the recipe's own size, when it could be read
+    rollout: str = DEFAULT_ROLLOUT
 
     @property
     def world_size(self) -> int:
@@ -44,7 +55,12 @@ class Layout:
         return [
             f"# layout: {self.nnodes} node(s) x {self.workers_per_node} CPU worker(s) = world size {self.world_size}",
             f"# Ulysses sequence parallel: {self.ulysses}{why}",
-            "# rollout tensor parallel: 1 (the hf CPU rollout backend has none; one replica per worker)",
+            f"# rollout: {self.rollout}, tensor parallel 1, {self.world_size} replica(s), one per worker ("
+            + (
+                f"vLLM's CPU build; each engine's KV cache {VLLM_KV_CACHE_GIB} GiB)"
+                if self.rollout == "vllm"
+                else "the hf CPU rollout backend has no tensor parallel)"
+            ),
         ]
 
 
@@ -58,6 +74,30 @@ def pick_ulysses(recipe_size: int | None, world_size: int, heads: int | None = N
     return max(
         d for d in range(1, min(top, world_size) + 1) if world_size % d == 0 and (heads is None or heads % d == 0)
     )
+
+
+def rollout_overrides(rollout: str) -> list[tuple[str, str]]:
+    """The rollout engine's CPU settings: the recipe's vLLM in its CPU build, or the `hf` backend."""
+    R, env = "actor_rollout_ref.rollout", RUNTIME_ENV
+    if rollout == "hf":
+        return [
+            (f"{R}.name=hf", "light CPU rollout backend (erc_verl/cpu/rollout.py), --rollout hf"),
+            (f"{R}.tensor_model_parallel_size=1", "TP 1: the hf backend has no tensor parallel"),
+        ]
+    if rollout != "vllm":
+        raise ValueError(f"rollout {rollout!r}: one of {', '.join(ROLLOUTS)}")
+    return [
+        (f"{R}.tensor_model_parallel_size=1", "TP 1: one vLLM replica per CPU worker"),
+        (f"{R}.dtype=float32", "CPU: fp32, as the actor"),
+        (f"{R}.enforce_eager=true", "no CUDA graphs on CPU"),
+        (f"+{R}.enable_sleep_mode=false", "vLLM's CPU backend has no sleep mode (verl turns it on)"),
+        (f"{R}.free_cache_engine=false", "no sleep mode, so the KV cache stays"),
+        (
+            f"{R}.checkpoint_engine.update_weights_bucket_megabytes={VLLM_BUCKET_MB}",
+            "weight-sync bucket in shared memory: the tiny model needs a few MiB, not 2 GiB",
+        ),
+        (f"++{env}.VLLM_CPU_KVCACHE_SPACE='{VLLM_KV_CACHE_GIB}'", "KV cache per engine in GiB (else a share of RAM)"),
+    ]
 
 
 def smoke_overrides(
@@ -94,8 +134,7 @@ def smoke_overrides(
         ("actor_rollout_ref.model.enable_gradient_checkpointing=false", "tiny model"),
         ("+actor_rollout_ref.model.override_config.attn_implementation=sdpa", "CPU attention"),
         # rollout
-        (f"{R}.name=hf", "CPU rollout backend (erc_verl/cpu/rollout.py)"),
-        (f"{R}.tensor_model_parallel_size=1", "TP 1: the hf backend has no tensor parallel"),
+        *rollout_overrides(layout.rollout),
         (f"{R}.n=4", "4 responses per prompt"),
         (f"{R}.val_kwargs.n=2", "2 samples per validation prompt"),
         (f"{R}.agent.num_workers=1", "2-core machine"),
