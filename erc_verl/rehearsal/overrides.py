@@ -110,11 +110,13 @@ def smoke_overrides(
     layout: Layout = Layout(),
     ray_address: str | None = None,
     ray_temp_dir: Path | None = None,
+    private_env: dict[str, str] | None = None,
 ) -> list[tuple[str, str]]:
     """(override, reason) pairs: everything the smoke run changes in a recipe.
 
     ray_address: a Ray cluster the smoke started itself (a layout with several nodes); without
     it main_ppo starts a private local Ray in ray_temp_dir, whatever RAY_ADDRESS says.
+    private_env: private_files_env()'s variables, handed to every Ray worker.
     """
     A, R, F = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "actor_rollout_ref.actor.fsdp_config"
     env = RUNTIME_ENV
@@ -201,4 +203,27 @@ def smoke_overrides(
         (f"++{env}.VERL_FILE_LOGGER_PATH={file_log}", "file log in the run folder"),
         (f"++{env}.ERC_VERL_REPLAY_POLL_S='{POLL_S}'", "replay buffer polls every 0.2 s, not 2 s (steps are short)"),
     ]
+    for key, value in (private_env or {}).items():
+        pairs.append((f"++{env}.{key}={value}", _PRIVATE_WHY[key]))
     return pairs
+
+
+_PRIVATE_WHY = {
+    "TMPDIR": "temp files and sockets (vLLM's, verl's) in the run's private temp dir, removed afterwards",
+    "VLLM_CACHE_ROOT": "vLLM's cache in the private temp dir, not ~/.cache/vllm",
+    "HF_DATASETS_CACHE": "the datasets cache of the parquet in the private temp dir, not ~/.cache",
+    "VLLM_NO_USAGE_STATS": "vLLM writes no usage file under ~/.config",
+    "ERC_VERL_RUN_LEDGER": "marks the run's processes: their /dev/shm files are removed afterwards (leftovers.py)",
+}
+
+
+def private_files_env(temp_dir: Path, ledger: Path) -> dict[str, str]:
+    """Variables that keep what the run's processes write in its private temp dir and run folder."""
+    tmp = Path(temp_dir) / "tmp"
+    return {
+        "TMPDIR": str(tmp),
+        "VLLM_CACHE_ROOT": str(tmp / "vllm-cache"),
+        "HF_DATASETS_CACHE": str(tmp / "hf-datasets"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "ERC_VERL_RUN_LEDGER": str(ledger),
+    }

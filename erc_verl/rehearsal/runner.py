@@ -39,6 +39,7 @@ def run_main_ppo(
     on_line=None,
     env: dict | None = None,
     header: str | None = None,
+    on_start=None,
 ) -> int | None:
     """Run the plan's main_ppo; returns its exit code, or None when `timeout` stopped it.
 
@@ -46,7 +47,8 @@ def run_main_ppo(
     line (both pipe the output; else it goes to this process's stdout). main_ppo runs in its own
     process group, and on a timeout, Ctrl-C or any error here the whole group is stopped, so no
     trainer or Ray cluster outlives the call. env: replaces plan.env. header: written to the
-    capture file before the command.
+    capture file before the command. on_start(stop): called once main_ppo runs, with a function
+    that stops its process group (for a watchdog thread).
     """
     piped = capture is not None or on_line is not None
     fh = None
@@ -80,6 +82,8 @@ def run_main_ppo(
         reader = threading.Thread(target=pump, daemon=True) if piped else None
         if reader is not None:
             reader.start()
+        if on_start is not None:
+            on_start(lambda: _stop(proc))
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
