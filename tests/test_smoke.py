@@ -295,7 +295,10 @@ def test_a_vllm_worker_failure_ends_the_smoke_within_a_minute(out_dir):
     assert first_error is not None, text[-6000:]
     assert rc not in (0, None), text[-3000:]
     assert ended - first_error < 60, (ended - first_error, text[-3000:])
-    failed = [line for line in lines if line.startswith("[smoke] dapo_erc_qwen1.5b: vLLM") and " failed: " in line]
+    from erc_verl.rehearsal.watchdog import FATAL
+
+    components = tuple(f"[smoke] dapo_erc_qwen1.5b: {name} failed: " for name, _ in FATAL)
+    failed = [line for line in lines if line.startswith(components)]
     assert len(failed) == 1, text[-3000:]
     _assert_no_shm_left(run_dir)
 
