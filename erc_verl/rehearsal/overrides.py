@@ -203,8 +203,8 @@ def smoke_overrides(
         (f"++{env}.VERL_FILE_LOGGER_PATH={file_log}", "file log in the run folder"),
         (f"++{env}.ERC_VERL_REPLAY_POLL_S='{POLL_S}'", "replay buffer polls every 0.2 s, not 2 s (steps are short)"),
     ]
-    for key, value in (private_env or {}).items():
-        pairs.append((f"++{env}.{key}={value}", _PRIVATE_WHY[key]))
+    for key, value in (private_env or {}).items():  # quoted: Ray takes strings only
+        pairs.append((f"++{env}.{key}='{value}'", _PRIVATE_WHY[key]))
     return pairs
 
 
