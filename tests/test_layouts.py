@@ -107,8 +107,10 @@ def test_layout_gives_the_one_worker_result(results, layout):
             assert abs(m2[key] - m1[key]) <= 1e-12, (name, key, m1[key], m2[key])
         for key in RELATIVE:
             assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), (name, key)
+        # SGD at lr 1.0 on parameters of size ~1: the gradient's fp32 reduction order over the ranks
+        # shows up as is (DP2 against DP1 up to 1.1e-5 on torch 2.11.0's gloo, 2-core CPU machine).
         for pname, value in one["params"].items():
-            torch.testing.assert_close(other["params"][pname], value, rtol=0, atol=1e-5, msg=f"{name}:{pname}")
+            torch.testing.assert_close(other["params"][pname], value, rtol=0, atol=3e-5, msg=f"{name}:{pname}")
 
 
 def test_the_runs_are_informative(results):
