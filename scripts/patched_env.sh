@@ -4,8 +4,8 @@
 # usage: bash scripts/patched_env.sh VERSION        (0.7.1 or 0.9.1)
 #
 # The venv is $ERC_PATCHED_VENV_ROOT/.venv-patched-VERSION (default: the repo root). Steps:
-# torch==2.13.0 first (the CPU wheel; never let pip pick a CUDA build), then the release wheel
-# of verl with its dependencies, then scripts/apply_patches.sh on the installed package (the
+# torch==2.11.0 first, alone, as scripts/setup_venv.sh installs it (ERC_VERL_TORCH_INDEX_URL
+# picks the index), then the release wheel of verl with its dependencies, then scripts/apply_patches.sh on the installed package (the
 # site-packages case of that script), then erc_verl: for 0.9.1 with its dependencies and the
 # test extra (TransferQueue, which the V1 trainer imports), for 0.7.1 with `--no-deps`.
 # Rebuilt only when the patch folder, this script or pyproject.toml changed. The last line of
@@ -20,7 +20,9 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 STAMP="$VENV/.erc-verl-patched"
 # What the environment was built from: a change to any of it rebuilds verl's part.
-want="$(cat "$PATCH_DIR"/*.patch "${BASH_SOURCE[0]}" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$PATCH_DIR"/*.patch "${BASH_SOURCE[0]}" "$ROOT/pyproject.toml" "$ROOT/requirements/constraints.txt" |
+  sha256sum | cut -d' ' -f1)"
+TORCH_PIN="torch==2.11.0"  # the one torch of the project's environments (docs/install.md)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
     echo "$VENV/bin/python"
@@ -37,19 +39,14 @@ pip_q() {
 
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
 rm -f "$STAMP"
-pip_q "torch==2.13.0"
+pip_q --no-deps ${ERC_VERL_TORCH_INDEX_URL:+--index-url "$ERC_VERL_TORCH_INDEX_URL"} "$TORCH_PIN"
 case "$VERSION" in
     0.9.1)
-        # Where the main .venv exists, install exactly its packages (its verl is stock 0.9.1), so a
-        # patched-vs-runtime comparison differs in verl's patched files only. Without it: verl's
-        # own dependencies plus what its engine workers and trainer modules import on CPU.
+        # The main .venv's pins (requirements/constraints.txt; its verl is stock 0.9.1), so a
+        # patched-vs-runtime comparison differs in verl's patched files only: verl's own
+        # dependencies plus what its engine workers and trainer modules import on CPU.
         extra=(fastapi uvicorn cachetools)
-        constraints=()
-        if [ -x "$ROOT/.venv/bin/python" ]; then
-            "$ROOT/.venv/bin/python" -m pip freeze 2>/dev/null \
-                | grep -v -i -E '^(-e |erc[-_]verl|torch==)' >"$VENV/requirements-main.txt" || true
-            constraints=(-r "$VENV/requirements-main.txt")
-        fi
+        constraints=(-c "$ROOT/requirements/constraints.txt")
         ;;
     0.7.1)
         # verl 0.7.1 pins numpy<2; `datasets` then needs a pyarrow built for numpy 1.
@@ -60,7 +57,7 @@ case "$VERSION" in
 esac
 log "installing verl==$VERSION and its dependencies"
 # --force-reinstall of verl alone: a rebuild after a patch changed must start from pristine files.
-pip_q "torch==2.13.0" "verl==$VERSION" "${extra[@]}" "${constraints[@]}"
+pip_q "$TORCH_PIN" "verl==$VERSION" "${extra[@]}" "${constraints[@]}"
 pip_q --no-deps --force-reinstall "verl==$VERSION"
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 log "applying patches/verl-$VERSION to $SITE"
@@ -68,7 +65,7 @@ bash "$ROOT/scripts/apply_patches.sh" "$SITE" >&2
 # erc_verl with its own dependencies (math-verify, ...) and TransferQueue, which verl 0.9.1's V1
 # trainer imports but does not declare (pinned in the test extra); torch stays at its pin.
 case "$VERSION" in
-    0.9.1) pip_q -e "$ROOT[test]" "torch==2.13.0" "verl==$VERSION" ;;
+    0.9.1) pip_q -e "$ROOT[test]" "$TORCH_PIN" "verl==$VERSION" "${constraints[@]}" ;;
     *) pip_q --no-deps -e "$ROOT" ;;
 esac
 "$VENV/bin/python" - <<'EOF' >&2

@@ -220,11 +220,15 @@ def cache(tmp_path_factory):
 def _run_mode(tmp_path, cache, mode, *overrides, steps=2):
     """A smoke run of dapo_erc_qwen1.5b in `mode`, with the mini-batch probe in the actor worker."""
     from erc_verl.rehearsal import mini_batch_probe
+    from erc_verl.rehearsal.overrides import CPU_PLUGINS
 
     out, probe = tmp_path / mode, tmp_path / f"{mode}-probe"
     env_vars = "ray_kwargs.ray_init.runtime_env.env_vars"
-    modules = f"erc_verl,erc_verl.rehearsal.layout_probe,{mini_batch_probe.MODULE}"
+    modules = ",".join((*CPU_PLUGINS, "erc_verl.rehearsal.layout_probe", mini_batch_probe.MODULE))
     args = [
+        # where H_old comes from does not depend on the rollout engine: the light one
+        "--rollout",
+        "hf",
         "--out",
         str(out),
         "--cache",

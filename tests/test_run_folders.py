@@ -51,7 +51,7 @@ def test_dry_run_writes_nothing_and_never_joins_a_stray_cluster(tmp_path):
     assert "_temp_dir=/tmp/erc-ray-" in out.stdout and "/tmp/ray " not in out.stdout
     assert "# layout: 1 node(s) x 1 CPU worker(s) = world size 1" in out.stdout
     assert "Ulysses sequence parallel: 1 (the recipe's 4 does not divide world size 1" in out.stdout
-    assert "rollout tensor parallel: 1" in out.stdout
+    assert "# rollout: vllm, tensor parallel 1, 1 replica(s), one per worker" in out.stdout
 
 
 def test_plan_env_and_ray_init_kwargs_ignore_ray_address(tmp_path, monkeypatch):

@@ -1,11 +1,14 @@
 """`scripts/launch.sh --smoke`: a recipe end to end through verl's own main_ppo on CPU.
 
 One ERC recipe and one baseline run as they would on a cluster (V1 trainer, dynamic sampling on
-`acc`, the paper's reward, validation, checkpoint, file logger), with the CPU overrides of
+`acc`, the paper's reward, validation, checkpoint, file logger), with the recipes' own rollout
+engine (verl's vLLM rollout on vLLM's CPU build) and the CPU overrides of
 erc_verl/rehearsal/overrides.py, through the smoke's command line. The ERC run, with LoRA and a
-KL loss against the reference model, stops after its step-2 checkpoint and is resumed for step
-3; the baseline runs on a local Ray cluster of two nodes. Everything is asserted from verl's file
-logs, layout.json and the run folder. A few minutes each on 2 cores; marked slow.
+KL loss against the reference model, stops after its step-2 checkpoint and is resumed for step 3,
+and its rollout follows the actor at every step; a deliberately broken weight sync fails that same
+check, and one that crashes vLLM's worker ends the smoke within a minute. The baseline runs on a
+local Ray cluster of two nodes x two workers (the layout rehearsal). Everything is asserted from
+verl's file logs, layout.json and the run folder. A few minutes each on 2 cores; marked slow.
 """
 
 import json
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from erc_verl.cpu.vllm_hooks import SYNC_ENV, VLLM_VERSION
+from erc_verl.rehearsal.leftovers import SHM
 from erc_verl.rehearsal.smoke import ROOT, read_file_log, run_main_ppo, smoke_overrides
 
 LAUNCH = ROOT / "scripts" / "launch.sh"
@@ -81,6 +86,7 @@ def test_smoke_overrides_keep_the_recipe():
         "use_v1",
         "entropy_coeff",
         "temperature",
+        "rollout.name",  # the recipes' vllm stays
     ):
         assert not [k for k in keys if forbidden in k], forbidden
 
@@ -100,6 +106,28 @@ def _file_logs(run_dir):
     return sorted((run_dir / "logs").glob("metrics-*.jsonl"))
 
 
+# fp32 rollout against fp32 actor: the gap is rounding (about 1e-6 measured); a rollout that samples
+# from weights one update old differs by far more.
+SYNC_GAP = 1e-5
+
+
+def assert_rollout_follows_actor(steps):
+    """verl's rollout-vs-actor probability gap under SYNC_GAP at every trained step: from step 2 on
+    the rollout can only match the actor if verl's weight sync reached vLLM's kernels."""
+    gaps = {s: m["training/rollout_probs_diff_max"] for s, m in steps.items() if "timing_s/update_actor" in m}
+    assert sorted(gaps)[1:], gaps  # at least one step after a sync
+    assert all(gap < SYNC_GAP for gap in gaps.values()), gaps
+
+
+def _assert_no_shm_left(run_dir):
+    """The /dev/shm files the run's processes mapped (its ledger) are gone."""
+    ledgers = sorted((run_dir / "logs").glob("shm-*.txt"))
+    assert ledgers, "no /dev/shm ledger in the run folder"
+    names = [n for f in ledgers for n in f.read_text().split()]
+    assert any(n.startswith("psm_") for n in names), names  # vLLM's shared memory was seen
+    assert not [n for n in names if os.path.exists(SHM + n)], names
+
+
 def _assert_trained(recipe, run_dir, steps_expected):
     """verl's file logs of a run folder, merged: every step trained, logged and validated."""
     from erc_verl.repro.results import load_run
@@ -112,8 +140,7 @@ def _assert_trained(recipe, run_dir, steps_expected):
     for s in train:
         missing = [k for k in TRAIN_KEYS if k not in steps[s]]
         assert not missing, (s, missing)
-        # the rollout server samples with the actor's latest weights (synced after every update)
-        assert steps[s]["training/rollout_probs_diff_max"] < 1e-3, (s, steps[s]["training/rollout_probs_diff_max"])
+    assert_rollout_follows_actor(steps)
     for s in (0, steps_expected[-1]):  # validation before training and at the end
         assert any(k.startswith("val-core/arith/acc/mean@") for k in steps.get(s, {})), (s, sorted(steps.get(s, {})))
     return steps, keep
@@ -158,6 +185,10 @@ def test_smoke_run_stopped_after_its_checkpoint_resumes_at_step_3(out_dir):
         # a synchronous fp32 run: the first mini-batch's ratios are 1 up to float noise, all kept
         assert steps[s]["actor/erc_keep_frac_first_mb"] == 1.0, (s, steps[s]["actor/erc_keep_frac_first_mb"])
     assert steps[3]["actor/kl_loss"] > 0.0
+    layout = json.loads((run_dir / "layout.json").read_text())  # read from the running vLLM server
+    assert (layout["rollout_name"], layout["rollout_version"], layout["rollout_replicas"]) == ("vllm", VLLM_VERSION, 1)
+    assert f"[smoke] rollout engine: vllm {VLLM_VERSION}, 1 replica(s)" in first.stdout
+    _assert_no_shm_left(run_dir)
     # each launch saved its console output beside its file log
     consoles = sorted((run_dir / "logs").glob("console-*.log"))
     assert len(consoles) == 2 and "verl.trainer.main_ppo" in consoles[1].read_text()
@@ -180,31 +211,36 @@ def test_smoke_run_stopped_after_its_checkpoint_resumes_at_step_3(out_dir):
 
 
 @pytest.mark.slow
-def test_smoke_run_on_two_ray_nodes_places_one_rank_on_each(out_dir):
-    """The baseline recipe on a local Ray cluster of 2 nodes x 1 worker (NNODES=2 GPUS_PER_NODE=1)."""
+def test_layout_rehearsal_on_two_ray_nodes_with_vllm_replicas(out_dir):
+    """The baseline recipe on a local Ray cluster of 2 nodes x 2 workers (NNODES=2 GPUS_PER_NODE=2),
+    one vLLM replica per worker, the recipes' Ulysses 4 over the 4 ranks. One mini-batch per step:
+    the update runs on the rollout's policy, so every entropy ratio is 1 and ERC's monitor keeps
+    every token (a Ulysses rank attending over its own shard only would break it)."""
     recipe = "dapo_qwen1.5b"
     run_dir = out_dir / "two_nodes"
-    env = {**os.environ, "NNODES": "2", "GPUS_PER_NODE": "1"}
-    # Data parallel 2: Ulysses 1 by the user's override (the smoke keeps what the recipe and the
-    # overrides ask for when it divides the world size).
-    sp1 = [
-        "actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
-        "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=1",
-    ]
-    out = _smoke(["--out", str(run_dir), "--cache", str(out_dir / "cache"), recipe, "--steps", "2", *sp1], env=env)
+    env = {**os.environ, "NNODES": "2", "GPUS_PER_NODE": "2"}
+    one_mini_batch = ["actor_rollout_ref.actor.ppo_mini_batch_size=8"]
+    out = _smoke(
+        ["--out", str(run_dir), "--cache", str(out_dir / "cache"), recipe, "--steps", "2", *one_mini_batch], env=env
+    )
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    assert "# layout: 2 node(s) x 1 CPU worker(s) = world size 2" in out.stdout
-    assert "rollout tensor parallel: 1" in out.stdout
+    assert "# layout: 2 node(s) x 2 CPU worker(s) = world size 4" in out.stdout
+    assert "# rollout: vllm, tensor parallel 1, 4 replica(s), one per worker" in out.stdout
     assert out.stdout.count("ray start --") == 2  # the head, then one worker node
-    _assert_trained(recipe, run_dir, [1, 2])
+    steps, _ = _assert_trained(recipe, run_dir, [1, 2])
+    for s in (1, 2):
+        assert steps[s]["actor/erc_keep_frac"] == pytest.approx(1.0, abs=1e-12), (s, steps[s]["actor/erc_keep_frac"])
+        for key in ("actor/entropy_ratio_min", "actor/entropy_ratio_max"):
+            assert abs(steps[s][key] - 1.0) <= 1e-6, (s, key, steps[s][key])
 
     layout = json.loads((run_dir / "layout.json").read_text())
-    assert layout["world_size"] == 2 and layout["ulysses_sequence_parallel_size"] == 1
-    # read from Ray in the workers: two distinct node ids, one rank on each
-    assert len(layout["nodes"]) == 2, layout
-    assert sorted(tuple(n["ranks"]) for n in layout["nodes"]) == [(0,), (1,)], layout
+    assert layout["world_size"] == 4 and layout["ulysses_sequence_parallel_size"] == 4
+    assert (layout["rollout_name"], layout["rollout_version"], layout["rollout_replicas"]) == ("vllm", VLLM_VERSION, 4)
+    # read from Ray in the workers: two distinct node ids, two ranks on each
+    assert sorted(tuple(n["ranks"]) for n in layout["nodes"]) == [(0, 1), (2, 3)], layout
     assert len({n["node_id"] for n in layout["nodes"]}) == 2
     assert layout["micro_batches_per_mini_batch"] is not None
+    _assert_no_shm_left(run_dir)
 
     # the cluster is gone: no process names its private temp dir, and the dir itself is removed
     temp = re.search(r"local Ray cluster of 2 nodes at \S+ \(temp dir (\S+)\)", out.stdout).group(1)
@@ -218,6 +254,72 @@ def test_smoke_run_on_two_ray_nodes_places_one_rank_on_each(out_dir):
             pass
     assert not left, left
     assert not Path(temp).exists()
+
+
+# Two steps, no validation and no checkpoint: only the weight sync is under test.
+_SHORT = ["--steps", "2", "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.save_freq=-1"]
+
+
+@pytest.mark.slow
+def test_a_broken_weight_sync_fails_the_rollout_check(out_dir):
+    """The check test_smoke_run_stopped_after_its_checkpoint_resumes_at_step_3 passes, on a run whose
+    vLLM kernels keep the initial weights (erc_verl/cpu/vllm_hooks.py, ERC_VERL_VLLM_WEIGHT_SYNC=stale).
+    verl starts vLLM with dummy weights (rollout load_format=dummy), so such a rollout samples noise,
+    every group gets one reward and dynamic sampling would give up: it is off here."""
+    run_dir = out_dir / "stale_sync"
+    env = {**os.environ, SYNC_ENV: "stale"}
+    args = ["--out", str(run_dir), "--cache", str(out_dir / "cache"), "dapo_erc_qwen1.5b", *_SHORT]
+    out = _smoke([*args, "algorithm.filter_groups.enable=false"], env=env)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    (log,) = _file_logs(run_dir)
+    steps = read_file_log(log)
+    with pytest.raises(AssertionError):
+        assert_rollout_follows_actor(steps)
+    assert steps[2]["training/rollout_probs_diff_max"] > 100 * SYNC_GAP, steps[2]["training/rollout_probs_diff_max"]
+
+
+@pytest.mark.slow
+def test_a_vllm_worker_failure_ends_the_smoke_within_a_minute(out_dir):
+    """A weight sync that fails inside vLLM's worker (vLLM's own remove_weight=True:
+    ERC_VERL_VLLM_WEIGHT_SYNC=drop) ends the smoke within 60 s of the first error line, with one
+    line naming the component, and leaves no /dev/shm file of the run behind."""
+    import time
+
+    run_dir = out_dir / "failed_sync"
+    env = {**os.environ, SYNC_ENV: "drop"}
+    cmd = [sys.executable, "-m", "erc_verl.rehearsal.smoke", "--out", str(run_dir), "--cache", str(out_dir / "cache")]
+    proc = subprocess.Popen(
+        [*cmd, "dapo_erc_qwen1.5b", *_SHORT],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    from erc_verl.rehearsal.watchdog import FailureWatch
+
+    watch, first_error, lines = FailureWatch(), None, []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            watch.on_line(line)
+            if first_error is None and watch.component is not None:
+                first_error = time.monotonic()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ended = time.monotonic()
+    text = "".join(lines)
+    assert first_error is not None, text[-6000:]
+    assert rc not in (0, None), text[-3000:]
+    assert ended - first_error < 60, (ended - first_error, text[-3000:])
+    from erc_verl.rehearsal.watchdog import FATAL
+
+    components = tuple(f"[smoke] dapo_erc_qwen1.5b: {name} failed: " for name, _ in FATAL)
+    failed = [line for line in lines if line.startswith(components)]
+    assert len(failed) == 1, text[-3000:]
+    _assert_no_shm_left(run_dir)
 
 
 def test_a_timed_out_run_is_stopped_with_its_whole_process_group(tmp_path):

@@ -112,3 +112,31 @@ def test_ulysses_sdpa_refuses_a_call_without_position_ids(monkeypatch):
     monkeypatch.setattr(ulysses, "_ORIGINAL", lambda *args, **kwargs: (q, None))  # plain sdpa over the shard
     with pytest.raises(RuntimeError, match="got no position_ids"):
         ulysses._ulysses_sdpa(module, q, k, v, None, position_ids=None)
+
+
+def _exchange(rank, world, port, out):
+    import torch.distributed as dist
+
+    from erc_verl.cpu.ulysses import _make_all_to_all_tensor
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        # rank r holds the sequence shard r (rows) of every head (columns): values name (rank, head)
+        local = torch.tensor([[10.0 * rank + h for h in range(world * 2)]])
+        mine = _make_all_to_all_tensor(None)(local, scatter_dim=1, gather_dim=0, group=dist.group.WORLD)
+        torch.save(mine, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_verls_all_to_all_over_gloo_gives_each_rank_its_heads_of_every_shard(tmp_path):
+    """verl/utils/ulysses.py:148 calls dist.all_to_all, which torch 2.11.0's gloo lacks; erc_verl's CPU
+    exchange (an all-gather) hands rank r the head chunk r of every rank's shard, in rank order."""
+    from erc_verl.rehearsal.ray_cluster import free_port
+
+    world = 2
+    torch.multiprocessing.spawn(_exchange, args=(world, free_port(), str(tmp_path)), nprocs=world)
+    for rank in range(world):
+        got = torch.load(tmp_path / f"{rank}.pt")
+        want = torch.tensor([[10.0 * src + h for h in range(2 * rank, 2 * rank + 2)] for src in range(world)])
+        torch.testing.assert_close(got, want)

@@ -260,7 +260,12 @@ def install_if_selected() -> bool:
     after_import("verl.workers.engine.fsdp.transformer_impl", _register_engines_after_import)
     # verl's Ulysses covers flash attention only; the CPU runs sdpa (see erc_verl/cpu/ulysses.py).
     after_import("verl.models.transformers.monkey_patch", _install_ulysses_sdpa)
+    after_import("verl.utils.ulysses", _install_ulysses_all_to_all)
     install_trainer_support()
+    # verl's own vLLM rollout with vLLM's CPU build (erc_verl/cpu/vllm_hooks.py); lazy like the rest.
+    from .vllm_hooks import install as _install_vllm_hooks
+
+    _install_vllm_hooks()
     return True
 
 
@@ -272,6 +277,12 @@ def _install_ulysses_sdpa(module) -> None:
     from .ulysses import install
 
     install()
+
+
+def _install_ulysses_all_to_all(module) -> None:
+    from .ulysses import install_all_to_all
+
+    install_all_to_all(module)
 
 
 # ----------------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ attend over its own shard of the packed sequence only. This module wraps transfo
    own shard back with all heads.
 
 verl requires remove-padding (packed input, batch 1) whenever Ulysses > 1, so that is the only
-layout handled. Installed by :func:`install` from ``erc_verl.cpu.platform`` when
+layout handled.
+
+verl's all-to-all itself (``verl/utils/ulysses.py:148``, ``all_to_all_tensor`` calls
+``dist.all_to_all``) fails on torch 2.11.0's gloo backend ("Backend gloo does not support
+alltoall"). On a gloo group :func:`install_all_to_all` makes the same exchange with an
+all-gather, which gloo has: every rank gathers every rank's chunks and keeps the ones meant
+for it, the order ``dist.all_to_all`` would give. Installed by :func:`install` from ``erc_verl.cpu.platform`` when
 ``VERL_PLATFORM=cpu``; with a Ulysses group of 1 (or none) the original sdpa function runs.
 """
 
@@ -84,6 +90,39 @@ def _ulysses_sdpa(module, query, key, value, attention_mask, *args, position_ids
     # (b, h/n, s, d) -> (b, s, h/n, d) -> (b, s/n, h, d): sdpa's return layout.
     out = gather_heads_scatter_seq(out.transpose(1, 2), seq_dim=1, head_dim=2)
     return out.contiguous(), None
+
+
+def _gloo_all_to_all(output_list, input_list, group) -> None:
+    rank = torch.distributed.get_rank(group)
+    stacked = torch.stack(input_list)
+    gathered = [torch.empty_like(stacked) for _ in input_list]
+    torch.distributed.all_gather(gathered, stacked, group=group)
+    for src, chunks in enumerate(gathered):
+        output_list[src].copy_(chunks[rank])
+
+
+def _make_all_to_all_tensor(all_to_all_tensor):
+    def wrapper(local_input, scatter_dim, gather_dim, group=None, async_op=False):
+        from verl.utils.ulysses import get_ulysses_sequence_parallel_group
+
+        group = get_ulysses_sequence_parallel_group() if group is None else group
+        if torch.distributed.get_backend(group) != "gloo":
+            return all_to_all_tensor(local_input, scatter_dim, gather_dim, group, async_op)
+        n = torch.distributed.get_world_size(group)
+        input_list = [t.contiguous() for t in torch.tensor_split(local_input, n, scatter_dim)]
+        output_list = [torch.empty_like(input_list[0]) for _ in range(n)]
+        _gloo_all_to_all(output_list, input_list, group)
+        out = torch.cat(output_list, dim=gather_dim).contiguous()
+        return (lambda: out) if async_op else out
+
+    return wrapper
+
+
+def install_all_to_all(module) -> None:
+    """verl.utils.ulysses.all_to_all_tensor over gloo through an all-gather (idempotent)."""
+    from erc_verl.integration.hooks import wrap
+
+    wrap(module, "all_to_all_tensor", _make_all_to_all_tensor, "_erc_verl_cpu_all_to_all")
 
 
 def install(_module=None) -> None:

@@ -99,6 +99,9 @@ def run_mode(args, mode: str, out: Path, spec, log) -> dict:
         spec=spec,
         cache_dir=out.parent / ".cache",
         ray_temp_dir=ray_temp,
+        # The light `hf` backend: two 20-step runs with vLLM's engine start-up would take the
+        # demo past 5 minutes on an idle 2-core machine (docs/demo.md).
+        layout=smoke.Layout(rollout="hf"),
         log=lambda *a, **k: None,
     )
     (plan.run_dir / "overrides.txt").write_text(plan.describe() + "\n")

@@ -9,6 +9,13 @@ node_id is `ray.get_runtime_context().get_node_id()` and micro_batches is the le
 verl's `prepare_micro_batches` returned for that mini-batch. `summarize()` turns the file into
 layout.json's `nodes` and `micro_batches_per_mini_batch`.
 
+The rollout engine, read inside each rollout server once its engine runs: verl's vLLM server
+(`vLLMHttpServer.launch_server`, which starts the vLLM engine) or the `hf` server
+(`HFRolloutServer.ready`) appends {"rollout_name", "rollout_version", "replica_rank", "node_id",
+"pid"}, where the version is the engine package's as that process imported it (`vllm.__version__`,
+or transformers' for `hf`). `summarize()` turns those into layout.json's `rollout_name`,
+`rollout_version` and `rollout_replicas`.
+
 Placement like a GPU cluster's (with `ERC_VERL_WORKER_SLOT` set, a layout of several nodes):
 on GPUs, verl's placement group for a node asks for one GPU per worker, so each group fills one
 node. On the CPU platform a worker's bundle asks only for a CPU, and Ray may pack every group
@@ -21,11 +28,12 @@ the one call that makes them), so each node's group lands on a node of its own, 
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import os
 import socket
 
-from erc_verl.integration.hooks import after_import
+from erc_verl.integration.hooks import after_import, wrap
 
 ENV = "ERC_VERL_LAYOUT_PROBE"
 SLOT_ENV = "ERC_VERL_WORKER_SLOT"
@@ -33,6 +41,69 @@ SLOT_RESOURCE = "erc_verl_worker_slot"
 MODULE = "erc_verl.rehearsal.layout_probe"
 _MARK = "_erc_verl_layout_probe"
 _MICRO: contextvars.ContextVar = contextvars.ContextVar("erc_layout_micro", default=None)
+
+
+def _append(path: str, record: dict) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _record_rollout(name: str, version: str, replica_rank) -> None:
+    import ray
+
+    path = os.environ.get(ENV)
+    if not path:
+        return
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    _append(
+        path,
+        {
+            "rollout_name": name,
+            "rollout_version": version,
+            "replica_rank": replica_rank,
+            "node_id": node_id,
+            "pid": os.getpid(),
+        },
+    )
+
+
+def _make_vllm_launch(launch_server):
+    @functools.wraps(launch_server)
+    async def wrapper(self, *args, **kwargs):
+        out = await launch_server(self, *args, **kwargs)
+        import vllm
+
+        _record_rollout("vllm", vllm.__version__, getattr(self, "replica_rank", None))
+        return out
+
+    return wrapper
+
+
+def _make_hf_ready(ready):
+    recorded = []
+
+    @functools.wraps(ready)
+    def wrapper(self, *args, **kwargs):
+        out = ready(self, *args, **kwargs)
+        if not recorded:  # once per server
+            import transformers
+
+            recorded.append(True)
+            _record_rollout("hf", transformers.__version__, getattr(self, "replica_rank", None))
+        return out
+
+    return wrapper
+
+
+def _patch_vllm_server(module) -> None:
+    wrap(module.vLLMHttpServer, "launch_server", _make_vllm_launch, _MARK)
+
+
+def _patch_hf_server(module) -> None:
+    wrap(module.HFRolloutServer, "ready", _make_hf_ready, _MARK)
 
 
 def _record(path: str, n_micro: int | None) -> None:
@@ -99,11 +170,14 @@ def summarize(path) -> dict:
         text = open(path).read()
     except OSError:
         text = ""
+    rollouts = []
     for line in text.splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue
+        (rollouts if "rollout_name" in record else records).append(record)
+    engines = sorted({(r["rollout_name"], r["rollout_version"]) for r in rollouts})
     nodes: dict[str, dict] = {}
     for r in records:
         node = nodes.setdefault(r["node_id"], {"node_id": r["node_id"], "hostname": r["hostname"], "ranks": set()})
@@ -115,6 +189,10 @@ def summarize(path) -> dict:
         # One value when every mini-batch of every rank had the same count (dynamic batch sizes may vary).
         "micro_batches_per_mini_batch": micro[0] if len(micro) == 1 else (micro or None),
         "mini_batches_recorded": len(records),
+        # One engine (name, version) for the whole run, else the list; None when no server recorded.
+        "rollout_name": (engines[0][0] if len(engines) == 1 else [e[0] for e in engines]) if engines else None,
+        "rollout_version": (engines[0][1] if len(engines) == 1 else [e[1] for e in engines]) if engines else None,
+        "rollout_replicas": len({(r["replica_rank"], r["pid"]) for r in rollouts}),
     }
 
 
@@ -133,5 +211,7 @@ def _patch_placement(module) -> None:
 
 if os.environ.get(ENV):
     after_import("verl.workers.engine.fsdp.transformer_impl", _patch)
+    after_import("verl.workers.rollout.vllm_rollout.vllm_async_server", _patch_vllm_server)
+    after_import("erc_verl.cpu.rollout", _patch_hf_server)
 if os.environ.get(SLOT_ENV):
     after_import("verl.single_controller.ray.base", _patch_placement)

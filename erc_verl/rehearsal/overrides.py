@@ -18,6 +18,16 @@ RUNTIME_ENV = "ray_kwargs.ray_init.runtime_env.env_vars"
 # Logical CPUs per Ray node: TransferQueue, the reward and agent-loop workers, the rollout
 # replicas and the training workers each hold some; the machine's real cores are shared anyway.
 RAY_CPUS_PER_NODE = 16
+# The rollout engines a smoke can run: the recipes' own (verl's vLLM rollout, vLLM's CPU build)
+# and erc_verl's light `hf` backend (erc_verl/cpu/rollout.py).
+ROLLOUTS = ("vllm", "hf")
+DEFAULT_ROLLOUT = "vllm"
+# KV cache of each vLLM CPU engine, in GiB (vLLM's CPU backend otherwise reserves a share of the
+# machine's memory per engine; VLLM_CPU_KVCACHE_SPACE, read as a string).
+VLLM_KV_CACHE_GIB = "1"
+# One weight-sync bucket in shared memory per replica (verl's default is 2048 MiB); the tiny
+# model's weights are a few MiB.
+VLLM_BUCKET_MB = 64
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,7 @@ class Layout:
     workers_per_node: int = 1
     ulysses: int = 1
     recipe_ulysses: int | None = None  # the recipe's own size, when it could be read
+    rollout: str = DEFAULT_ROLLOUT
 
     @property
     def world_size(self) -> int:
@@ -47,7 +58,12 @@ class Layout:
         return [
             f"# layout: {self.nnodes} node(s) x {self.workers_per_node} CPU worker(s) = world size {self.world_size}",
             f"# Ulysses sequence parallel: {self.ulysses}{why}",
-            "# rollout tensor parallel: 1 (the hf CPU rollout backend has none; one replica per worker)",
+            f"# rollout: {self.rollout}, tensor parallel 1, {self.world_size} replica(s), one per worker ("
+            + (
+                f"vLLM's CPU build; each engine's KV cache {VLLM_KV_CACHE_GIB} GiB)"
+                if self.rollout == "vllm"
+                else "the hf CPU rollout backend has no tensor parallel)"
+            ),
         ]
 
 
@@ -63,6 +79,30 @@ def pick_ulysses(recipe_size: int | None, world_size: int, heads: int | None = N
     )
 
 
+def rollout_overrides(rollout: str) -> list[tuple[str, str]]:
+    """The rollout engine's CPU settings: the recipe's vLLM in its CPU build, or the `hf` backend."""
+    R, env = "actor_rollout_ref.rollout", RUNTIME_ENV
+    if rollout == "hf":
+        return [
+            (f"{R}.name=hf", "light CPU rollout backend (erc_verl/cpu/rollout.py), --rollout hf"),
+            (f"{R}.tensor_model_parallel_size=1", "TP 1: the hf backend has no tensor parallel"),
+        ]
+    if rollout != "vllm":
+        raise ValueError(f"rollout {rollout!r}: one of {', '.join(ROLLOUTS)}")
+    return [
+        (f"{R}.tensor_model_parallel_size=1", "TP 1: one vLLM replica per CPU worker"),
+        (f"{R}.dtype=float32", "CPU: fp32, as the actor"),
+        (f"{R}.enforce_eager=true", "no CUDA graphs on CPU"),
+        (f"+{R}.enable_sleep_mode=false", "vLLM's CPU backend has no sleep mode (verl turns it on)"),
+        (f"{R}.free_cache_engine=false", "no sleep mode, so the KV cache stays"),
+        (
+            f"{R}.checkpoint_engine.update_weights_bucket_megabytes={VLLM_BUCKET_MB}",
+            "weight-sync bucket in shared memory: the tiny model needs a few MiB, not 2 GiB",
+        ),
+        (f"++{env}.VLLM_CPU_KVCACHE_SPACE='{VLLM_KV_CACHE_GIB}'", "KV cache per engine in GiB (else a share of RAM)"),
+    ]
+
+
 def smoke_overrides(
     model_dir: Path,
     data: dict,
@@ -73,11 +113,13 @@ def smoke_overrides(
     layout: Layout = Layout(),
     ray_address: str | None = None,
     ray_temp_dir: Path | None = None,
+    private_env: dict[str, str] | None = None,
 ) -> list[tuple[str, str]]:
     """(override, reason) pairs: everything the smoke run changes in a recipe.
 
     ray_address: a Ray cluster the smoke started itself (a layout with several nodes); without
     it main_ppo starts a private local Ray in ray_temp_dir, whatever RAY_ADDRESS says.
+    private_env: private_files_env()'s variables, handed to every Ray worker.
     """
     A, R, F = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "actor_rollout_ref.actor.fsdp_config"
     env = RUNTIME_ENV
@@ -97,8 +139,7 @@ def smoke_overrides(
         ("actor_rollout_ref.model.enable_gradient_checkpointing=false", "tiny model"),
         ("+actor_rollout_ref.model.override_config.attn_implementation=sdpa", "CPU attention"),
         # rollout
-        (f"{R}.name=hf", "CPU rollout backend (erc_verl/cpu/rollout.py)"),
-        (f"{R}.tensor_model_parallel_size=1", "TP 1: the hf backend has no tensor parallel"),
+        *rollout_overrides(layout.rollout),
         (f"{R}.n=4", "4 responses per prompt"),
         (f"{R}.val_kwargs.n=2", "2 samples per validation prompt"),
         (f"{R}.agent.num_workers=1", "2-core machine"),
@@ -165,4 +206,27 @@ def smoke_overrides(
         (f"++{env}.VERL_FILE_LOGGER_PATH={file_log}", "file log in the run folder"),
         (f"++{env}.ERC_VERL_REPLAY_POLL_S='{POLL_S}'", "replay buffer polls every 0.2 s, not 2 s (steps are short)"),
     ]
+    for key, value in (private_env or {}).items():  # quoted: Ray takes strings only
+        pairs.append((f"++{env}.{key}='{value}'", _PRIVATE_WHY[key]))
     return pairs
+
+
+_PRIVATE_WHY = {
+    "TMPDIR": "temp files and sockets (vLLM's, verl's) in the run's private temp dir, removed afterwards",
+    "VLLM_CACHE_ROOT": "vLLM's cache in the private temp dir, not ~/.cache/vllm",
+    "HF_DATASETS_CACHE": "the datasets cache of the parquet in the private temp dir, not ~/.cache",
+    "VLLM_NO_USAGE_STATS": "vLLM writes no usage file under ~/.config",
+    "ERC_VERL_RUN_LEDGER": "marks the run's processes: their /dev/shm files are removed afterwards (leftovers.py)",
+}
+
+
+def private_files_env(temp_dir: Path, ledger: Path) -> dict[str, str]:
+    """Variables that keep what the run's processes write in its private temp dir and run folder."""
+    tmp = Path(temp_dir) / "tmp"
+    return {
+        "TMPDIR": str(tmp),
+        "VLLM_CACHE_ROOT": str(tmp / "vllm-cache"),
+        "HF_DATASETS_CACHE": str(tmp / "hf-datasets"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "ERC_VERL_RUN_LEDGER": str(ledger),
+    }

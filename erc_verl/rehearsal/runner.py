@@ -87,6 +87,7 @@ def run_main_ppo(
     on_line=None,
     env: dict | None = None,
     header: str | None = None,
+    on_start=None,
 ) -> int | None:
     """Run the plan's main_ppo; returns its exit code, or None when `timeout` stopped it.
 
@@ -96,7 +97,8 @@ def run_main_ppo(
     trainer or Ray cluster outlives the call. env: replaces plan.env. header: written to the
     capture file before the command. If on_line or the capture file raises, the output is still
     read to the end (main_ppo never blocks on a full pipe) and OutputError is raised once main_ppo
-    has exited.
+    has exited. on_start(stop): called once main_ppo runs, with a function that stops its process
+    group (for a watchdog thread).
     """
     piped = capture is not None or on_line is not None
     fh = None
@@ -123,6 +125,8 @@ def run_main_ppo(
         reader = threading.Thread(target=_pump, args=(proc, fh, on_line, failures), daemon=True) if piped else None
         if reader is not None:
             reader.start()
+        if on_start is not None:
+            on_start(lambda: _stop(proc))
         try:
             rc = _wait(proc, timeout, reader, failures)
         except BaseException:  # Ctrl-C or any error here: never leave a trainer and its Ray cluster behind

@@ -35,7 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout_probe
-from .overrides import CPU_PLUGINS, POLL_S, RAY_CPUS_PER_NODE, RUNTIME_ENV, Layout, pick_ulysses, smoke_overrides
+from .leftovers import ShmLedger
+from .overrides import (
+    CPU_PLUGINS,
+    DEFAULT_ROLLOUT,
+    POLL_S,
+    RAY_CPUS_PER_NODE,
+    ROLLOUTS,
+    RUNTIME_ENV,
+    Layout,
+    pick_ulysses,
+    private_files_env,
+    smoke_overrides,
+)
 from .ray_cluster import AUTH_ENV, LocalRayCluster, private_temp_dir
 from .run_folder import (
     MARKER,
@@ -52,6 +64,7 @@ from .run_folder import (
 from .runner import ROOT, run_main_ppo
 from .tiny_model import ModelSpec, asset_paths, build_model, build_tokenizer, prepare_assets, prompt_ids
 from .trainer_mode import TrainerMode, TrainerModeError, read_trainer_mode
+from .watchdog import FailureWatch
 
 __all__ = [
     "ROOT",
@@ -88,6 +101,7 @@ class SmokePlan:
     console_log: Path | None = None
     probe_file: Path | None = None
     ray_temp_dir: Path | None = None
+    ledger: Path | None = None
 
     def describe(self) -> str:
         lines = [
@@ -128,6 +142,7 @@ def build_smoke(
     worker_slots: bool = False,
     prepare: bool = True,
     stamp: str | None = None,
+    private_dir: Path | None = None,
     log=print,
     trainer_mode: TrainerMode | None = None,
 ) -> SmokePlan:
@@ -136,6 +151,8 @@ def build_smoke(
     run_dir: the run folder (default OUT_DIR/RECIPE); cache_dir: the model/data cache (default
     OUT_DIR/.cache). prepare=False builds nothing and writes nothing (a dry run). Nothing that
     is already in the run folder is removed: verl continues from its last checkpoint there.
+    private_dir: the run's private temp dir (the Ray temp dir); with it, the run's temp files,
+    sockets and caches go there, and its processes carry the /dev/shm ledger's mark.
     """
     recipe = recipe[:-5] if recipe.endswith(".yaml") else recipe
     recipes_dir = Path(recipes_dir).resolve()
@@ -153,6 +170,8 @@ def build_smoke(
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
     file_log = run_dir / "logs" / f"metrics-{stamp}.jsonl"
     probe_file = run_dir / "logs" / f"layout-probe-{stamp}.ndjson" if probe else None
+    ledger = run_dir / "logs" / f"shm-{stamp}.txt" if private_dir is not None else None
+    private_env = private_files_env(private_dir, ledger) if private_dir is not None else {}
     if prepare:
         file_log.parent.mkdir(parents=True, exist_ok=True)
         if read_marker(run_dir) is None:
@@ -167,6 +186,7 @@ def build_smoke(
         layout=layout,
         ray_address=ray_address,
         ray_temp_dir=ray_temp_dir,
+        private_env=private_env,
     )
     # The trainer mode's own sizes replace the smoke's (the batch size, for separate_async).
     trainer_mode = trainer_mode or TrainerMode()
@@ -210,6 +230,7 @@ def build_smoke(
         ERC_VERL_REPLAY_POLL_S=POLL_S,
         RAY_DEDUP_LOGS="0",
         PYTHONUNBUFFERED="1",
+        **private_env,
     )
     # Never join a cluster the smoke did not start: ray.init(address=...) is set explicitly, and
     # RAY_ADDRESS is cleared so nothing in the driver reads a stray one.
@@ -229,6 +250,7 @@ def build_smoke(
         console_log=run_dir / "logs" / f"console-{stamp}.log",
         probe_file=probe_file,
         ray_temp_dir=ray_temp_dir,
+        ledger=ledger,
     )
 
 
@@ -248,12 +270,13 @@ def _positive_env(name: str) -> int | None:
     return int(value)
 
 
-def layout_from_env(recipe: str, recipes_dir: Path, extra: list[str]) -> Layout:
-    """NNODES x GPUS_PER_NODE CPU workers (1 x 1 without them) and the Ulysses size to use."""
+def layout_from_env(recipe: str, recipes_dir: Path, extra: list[str], rollout: str = DEFAULT_ROLLOUT) -> Layout:
+    """NNODES x GPUS_PER_NODE CPU workers (1 x 1 without them), the Ulysses size and the rollout engine."""
     nnodes, per_node = _positive_env("NNODES"), _positive_env("GPUS_PER_NODE")
     nnodes, per_node = nnodes or 1, per_node or 1
     recipe_sp = recipe_ulysses(recipe, recipes_dir, extra)
-    return Layout(nnodes, per_node, pick_ulysses(recipe_sp, nnodes * per_node, ModelSpec().heads), recipe_sp)
+    sp = pick_ulysses(recipe_sp, nnodes * per_node, ModelSpec().heads)
+    return Layout(nnodes, per_node, sp, recipe_sp, rollout)
 
 
 def recipe_ulysses(recipe: str, recipes_dir: Path, extra: list[str]) -> int | None:
@@ -334,6 +357,13 @@ def _parser() -> argparse.ArgumentParser:
         help="cache of the tiny model and data (default runs/smoke/.cache)",
     )
     parser.add_argument(
+        "--rollout",
+        choices=ROLLOUTS,
+        default=DEFAULT_ROLLOUT,
+        help="the rollout engine: vllm (default, the recipes' own: verl's vLLM rollout on vLLM's CPU build) "
+        "or hf (erc_verl's light CPU backend)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print the command and the layout; write and run nothing"
     )
     return parser
@@ -393,7 +423,9 @@ def _main(args, t0: float) -> int:
                 f"{run_dir} has a checkpoint at step {done} already; fix: --steps {done + 1} or more to train further"
             )
 
-    layout = layout_from_env(recipe, RECIPES_DIR, args.overrides)
+    layout = layout_from_env(recipe, RECIPES_DIR, args.overrides, args.rollout)
+    if layout.rollout == "vllm":
+        _require_vllm()
     try:
         mode = read_trainer_mode(recipe, RECIPES_DIR, args.overrides, _size_overrides())
     except TrainerModeError as err:
@@ -422,6 +454,7 @@ def _main(args, t0: float) -> int:
         trainer_mode=mode,
         worker_slots=cluster is not None,
         stamp=stamp,
+        private_dir=cluster.temp_dir if cluster is not None else ray_temp,
     )
 
     if args.dry_run:
@@ -455,17 +488,22 @@ def _main(args, t0: float) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    ledger = ShmLedger(plan.ledger)
+    watch = FailureWatch(log=lambda text: print(text, file=sys.stderr, flush=True))
+
+    def on_line(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        watch.on_line(line)
+
     try:
         if cluster is not None:
             cluster.start()
         else:
             ray_temp.mkdir(parents=True)
-        rc = run_main_ppo(
-            plan,
-            capture=plan.console_log,
-            header=header,
-            on_line=lambda line: (sys.stdout.write(line), sys.stdout.flush()),
-        )
+        Path(plan.env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
+        ledger.start()
+        rc = run_main_ppo(plan, capture=plan.console_log, header=header, on_line=on_line, on_start=watch.start)
         status = "done" if rc == 0 else "failed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -474,15 +512,22 @@ def _main(args, t0: float) -> int:
         print(f"[smoke] {err}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        watch.finish()
         if cluster is not None:
             cluster.stop()
             cluster.remove_temp_dir()
         elif ray_temp is not None:
             shutil.rmtree(ray_temp, ignore_errors=True)  # made by this run, above
+        _remove_leftovers(ledger)
         steps = trained_steps(plan.file_log)
         marker = finish_launch(run_dir, marker, status, rc, steps)
-        _write_layout(plan, run_dir, stamp)
+        seen = _write_layout(plan, run_dir, stamp)
     took = time.time() - t0
+    if seen and seen.get("rollout_name"):
+        print(
+            f"[smoke] rollout engine: {seen['rollout_name']} {seen['rollout_version']}, "
+            f"{seen['rollout_replicas']} replica(s) (read from the running servers; layout.json)"
+        )
     trained = marker.get("trained_steps", [])
     latest = None
     if trained and run_dir.parent == recipe_dir:
@@ -502,6 +547,8 @@ def _main(args, t0: float) -> int:
         print(f"  scripts/launch.sh --smoke --resume {where} {recipe} --steps {args.steps + 1}   # one step more")
         return 0
     before = "" if trained else ", before its first training step"
+    if watch.failure() is not None:
+        print(f"[smoke] {recipe}: {watch.failure()}", file=sys.stderr)
     print(
         f"[smoke] {recipe}: main_ppo {status if rc is None else f'exited with {rc}'} after {took:.0f}s{before}. "
         f"Run folder {_shown(run_dir)} is marked {status} ({MARKER})"
@@ -512,10 +559,43 @@ def _main(args, t0: float) -> int:
     return 130 if status == "interrupted" else (rc if rc else 1)
 
 
-def _write_layout(plan: SmokePlan, run_dir: Path, stamp: str) -> None:
-    """layout.json (layout-<time>.json for a continued run): the layout, and where Ray put each rank."""
+def _remove_leftovers(ledger: ShmLedger) -> None:
+    """The /dev/shm files the run's processes left (leftovers.py); only those, whatever the outcome."""
+    ledger.stop()
+    files, size = ledger.remove()
+    if files:
+        print(
+            f"[smoke] removed {files} shared-memory file(s) the run's processes left in /dev/shm "
+            f"({size / 2**20:.0f} MiB; names in {_shown(ledger.path)})",
+            file=sys.stderr,
+        )
+
+
+def _require_vllm() -> None:
+    """The recipes' vLLM rollout needs vLLM's CPU build at verl's pin: one line naming the fix, before Ray starts."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from erc_verl.cpu.vllm_hooks import DISTRIBUTION, VLLM_VERSION
+
+    found = None
+    for name in (DISTRIBUTION, "vllm"):
+        try:
+            found = (name, version(name))
+            break
+        except PackageNotFoundError:
+            continue
+    if found is None or found[1].split("+")[0] != VLLM_VERSION:
+        have = "no vLLM" if found is None else f"{found[0]} {found[1]}"
+        raise SmokeError(
+            f"the recipes' vLLM rollout needs {DISTRIBUTION}=={VLLM_VERSION} (verl 0.9.1's vLLM pin, CPU build); "
+            f"this environment has {have}; fix: bash scripts/setup_venv.sh installs it into .venv, or --rollout hf"
+        )
+
+
+def _write_layout(plan: SmokePlan, run_dir: Path, stamp: str) -> dict | None:
+    """layout.json (layout-<time>.json for a continued run): the layout, where Ray put each rank, the rollout engine."""
     if plan.probe_file is None:
-        return
+        return None
     seen = layout_probe.summarize(plan.probe_file)
     layout = plan.layout
     data = {
@@ -525,16 +605,21 @@ def _write_layout(plan: SmokePlan, run_dir: Path, stamp: str) -> None:
         "ulysses_sequence_parallel_size": layout.ulysses,
         "recipe_ulysses_sequence_parallel_size": layout.recipe_ulysses,
         "rollout_tensor_parallel_size": 1,
+        "rollout_name": seen["rollout_name"],
+        "rollout_version": seen["rollout_version"],
+        "rollout_replicas": seen["rollout_replicas"],
         "nodes": seen["nodes"],
         "micro_batches_per_mini_batch": seen["micro_batches_per_mini_batch"],
         **plan.trainer_mode.layout(),
         "mini_batches_recorded": seen["mini_batches_recorded"],
-        "source": f"nodes and micro-batches recorded in the training workers through Ray ({plan.probe_file.name})",
+        "source": f"nodes and micro-batches recorded in the training workers through Ray, the rollout engine in "
+        f"its servers ({plan.probe_file.name})",
     }
     path = run_dir / "layout.json"
     if path.exists():
         path = run_dir / f"layout-{stamp}.json"
     path.write_text(json.dumps(data, indent=1) + "\n")
+    return data
 
 
 if __name__ == "__main__":

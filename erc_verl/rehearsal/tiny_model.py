@@ -33,17 +33,22 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    hidden_size: int = 64
+    # Head size 32: vLLM's CPU attention takes head sizes 32, 64, 80 and up
+    # (vllm/v1/attention/backends/cpu_attn.py, vLLM 0.24.0). 4 query heads: Ulysses splits them
+    # over its group, and the layout rehearsal keeps the recipes' Ulysses 4 at world size 4.
+    # 2 KV heads: both Ulysses paths repeat KV heads up to what the group needs.
+    hidden_size: int = 128
     layers: int = 2
     heads: int = 4
     kv_heads: int = 2
     # One-digit sums: a few seconds of SFT teach the format (`</think>N<|im_end|>`) and get
-    # some answers right (about 1 in 7 at T=1), so about a third of the 4-response groups are
-    # mixed and dynamic sampling fills a batch quickly.
+    # some answers right, so many 4-response groups are mixed and dynamic sampling fills a batch
+    # quickly. At hidden 128 a step size of 1e-2 diverges (loss 2.8 after 60 steps); 3e-3 for 50
+    # steps ends near loss 0.75.
     max_operand: int = 5
-    sft_steps: int = 60
+    sft_steps: int = 50
     sft_batch_size: int = 32
-    sft_lr: float = 1e-2
+    sft_lr: float = 3e-3
     seed: int = 0
 
     def key(self) -> str:

@@ -7,7 +7,7 @@ needs, and gets here (each printed with its reason like every smoke override):
   (verl/trainer/ppo/v1/trainer_separate_async.py, line 59); parameter_sync_step stays the
   recipe's or the user's, since it is part of the method (local updates per weight sync);
 * a standalone rollout pool of 1 node x 1 CPU worker (actor_rollout_ref.rollout.nnodes /
-  n_gpus_per_node; verl asserts both > 0, lines 64-66): one `hf` replica beside the trainer's;
+  n_gpus_per_node; verl asserts both > 0, lines 64-66): one rollout replica beside the trainer's;
 * the checkpoint engine that syncs the pool's weights: `cpu_ray`, the CPU runtime's backend
   (erc_verl/cpu/checkpoint_engine.py), since verl refuses `naive` there (line 68) and its other
   backends need a GPU.
@@ -49,7 +49,7 @@ class TrainerMode:
             )
         return pairs + [
             (f"{R}.nnodes={self.rollout_nnodes}", "separate_async: the standalone rollout pool, 1 node"),
-            (f"{R}.n_gpus_per_node={self.rollout_workers_per_node}", "... of 1 CPU worker (one hf replica)"),
+            (f"{R}.n_gpus_per_node={self.rollout_workers_per_node}", "... of 1 CPU worker (one rollout replica)"),
             (
                 f"{R}.checkpoint_engine.backend={CHECKPOINT_BACKEND}",
                 "weights to the standalone pool through Ray (verl's backends need a GPU; naive is refused there)",
@@ -68,7 +68,7 @@ class TrainerMode:
             f"# trainer mode: separate_async, parameter_sync_step {self.parameter_sync_step} "
             f"({self.parameter_sync_step} local updates per step, one weight sync per step)",
             f"# standalone rollout pool: {self.rollout_nnodes} node(s) x {self.rollout_workers_per_node} CPU "
-            f"worker(s) = {pool} hf replica(s) beside the trainer's; weights by checkpoint engine {CHECKPOINT_BACKEND}",
+            f"worker(s) = {pool} rollout replica(s) beside the trainer's; weights by checkpoint engine {CHECKPOINT_BACKEND}",
         ]
 
     def layout(self) -> dict:
