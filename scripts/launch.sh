@@ -121,7 +121,10 @@ preflight_smoke() {
   local py="$1" recipe="$2"; shift 2
   local overrides=() arg
   for arg in "$@"; do [[ "$arg" == -* || "$arg" != *=* ]] || overrides+=("$arg"); done
-  "$py" -m erc_verl.repro.check.preflight "$recipe" "${overrides[@]}" || exit 2
+  # Checked as the smoke runs it, on erc_verl's CPU platform and runtime (with vLLM's CPU build,
+  # verl's own checks look vLLM up through the CPU runtime's hooks).
+  VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES="${VERL_USE_EXTERNAL_MODULES:+$VERL_USE_EXTERNAL_MODULES,}erc_verl,erc_verl.cpu" \
+    "$py" -m erc_verl.repro.check.preflight "$recipe" "${overrides[@]}" || exit 2
 }
 
 if [[ "$SMOKE" -eq 1 ]]; then
