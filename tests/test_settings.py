@@ -1,13 +1,14 @@
 """ERC's settings: declared and defaulted once, validated when built, refused the same way everywhere."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from erc_verl import ERCPolicyLossConfig
-from erc_verl.settings import DEFAULTS, ERC_FIELDS, RESOLVER, Algorithm, ERCSettings, Tooling, settings
+from erc_verl.settings import DEFAULTS, ERC_FIELDS, RESOLVER, Algorithm, ERCSettings, Tooling, band_problem, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = ROOT / "erc_verl" / "conf" / "policy_loss" / "erc.yaml"
@@ -55,19 +56,35 @@ def test_settings_are_built_once_per_config():
     assert plain == ERCSettings(Algorithm(), Tooling(), declared=False) and not plain.active
 
 
+# (field, value, what the one line says): every setting refused when the object is built.
 BAD = [
-    ("entropy_ratio_low", 0.05, "not an epsilon"),
-    ("entropy_ratio_high", 50, "entropy_ratio_high=50 is outside"),
-    ("erc_base_loss_mode", "gspo", "cannot be gated by ERC"),
+    ("entropy_ratio_low", 0.0, r"entropy_ratio_low=0.0 is outside \[0.5, 1\)"),
+    ("entropy_ratio_low", 1.0, r"entropy_ratio_low=1.0 is outside \[0.5, 1\)"),
+    ("entropy_ratio_low", 0.05, r"entropy_ratio_low=0.05 is outside \[0.5, 1\)"),  # an epsilon typed as a bound
+    ("entropy_ratio_low", math.nan, "entropy_ratio_low must be a finite number"),
+    ("entropy_ratio_high", 1.0, r"entropy_ratio_high=1.0 is outside \(1, 2\]"),
+    ("entropy_ratio_high", 0.99, r"entropy_ratio_high=0.99 is outside \(1, 2\]"),
+    ("entropy_ratio_high", 50, r"entropy_ratio_high=50 is outside \(1, 2\]"),
+    ("entropy_ratio_high", math.inf, "entropy_ratio_high must be a finite number"),
+    ("gppo_beta_low", -0.1, "gppo_beta_low must be >= 0"),
+    ("gppo_beta_high", -1.0, "gppo_beta_high must be >= 0"),
+    ("positive_nll_coeff", math.nan, "positive_nll_coeff must be a finite number"),
     ("positive_nll_norm", "mini", "positive_nll_norm must be one of"),
-    ("keep_frac_floor", 1.0, "keep_frac_floor"),
+    ("erc_base_loss_mode", "gspo", "cannot be gated by ERC"),
+    ("keep_frac_floor", 1.0, "keep_frac_floor must lie in"),
+    ("keep_frac_floor_steps", 0, "keep_frac_floor_steps must be an integer >= 1"),
+    ("entropy_ratio_monitor", "yes", "entropy_ratio_monitor must be true or false"),
 ]
 
 
-def _line(field, value) -> str:
-    with pytest.raises(ValueError) as err:
-        ERCPolicyLossConfig(loss_mode="erc", **{field: value})
-    return str(err.value)
+def test_a_band_typed_as_an_epsilon_is_refused_in_one_line_that_says_the_fields_are_bounds():
+    assert band_problem(0.95, 1.05) is None and band_problem(0.5, 2.0) is None
+    for low, high in ((0.05, 1.05), (0.95, 0.05), (0.95, 50.0), (0.49, 1.05), (0.95, 2.01)):
+        with pytest.raises(ValueError) as err:
+            ERCPolicyLossConfig(entropy_ratio_low=low, entropy_ratio_high=high)
+        line = str(err.value)
+        assert line == band_problem(low, high) and "\n" not in line
+        assert "bounds" in line and "not an epsilon" in line and "low 0.95, high 1.05" in line
 
 
 @pytest.mark.parametrize("field, value, says", BAD)
@@ -75,8 +92,10 @@ def test_the_worker_the_support_rules_and_the_check_refuse_with_the_same_line(fi
     from erc_verl.integration import support
     from erc_verl.repro import check
 
-    line = _line(field, value)
-    assert says in line and "\n" not in line
+    with pytest.raises(ValueError, match=says) as err:  # the worker builds ERCPolicyLossConfig
+        ERCPolicyLossConfig(loss_mode="erc", **{field: value})
+    line = str(err.value)
+    assert field in line and "\n" not in line
     # the driver's DictConfig, read by the same settings
     with pytest.raises(ValueError) as err:
         settings(OmegaConf.create({"loss_mode": "erc", field: value}))

@@ -33,10 +33,11 @@ marks a call that could not be checked (no graph, no entropies). `read_audit` su
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 
-from erc_verl.integration.hooks import after_import
+from erc_verl.integration.hooks import after_import, wrap
+
+from .records import append_record, read_records
 
 ENV = "ERC_VERL_GATE_AUDIT"
 # Baselines and ERC modes the demo can run (verl's vanilla + erc_verl's registered modes).
@@ -46,15 +47,6 @@ COUNT_KEYS = ("tokens", "out_of_band", "out_of_band_with_grad", "in_band", "in_b
 
 # (entropy, old_entropy) of the micro-batch whose ppo_loss is running, for monitored baselines.
 _MONITOR_ENTROPIES: contextvars.ContextVar = contextvars.ContextVar("erc_gate_audit_entropies", default=None)
-
-
-def _append(path: str, record: dict) -> None:
-    line = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
 
 
 def gradient_counts(pg_loss, log_prob, response_mask, entropy, old_entropy, low: float, high: float) -> dict:
@@ -110,7 +102,7 @@ def make_spy(mode: str, real, path: str):
             low, high = erc_band(config)
             record.update(low=low, high=high, checked=True)
             record.update(gradient_counts(pg_loss, log_prob, response_mask, entropy, old_entropy, low, high))
-        _append(path, record)
+        append_record(path, record)
         return pg_loss, metrics
 
     setattr(spy, _SPY, True)
@@ -152,13 +144,12 @@ def make_ppo_loss(inner):
         finally:
             _MONITOR_ENTROPIES.reset(token)
 
-    setattr(ppo_loss, _SPY, True)
     return ppo_loss
 
 
 def _wrap_ppo_loss(losses) -> None:
-    if os.environ.get(ENV) and not getattr(losses.ppo_loss, _SPY, False):
-        losses.ppo_loss = make_ppo_loss(losses.ppo_loss)
+    if os.environ.get(ENV):
+        wrap(losses, "ppo_loss", make_ppo_loss, _SPY)
 
 
 def _rebind_engine_workers(engine_workers) -> None:
@@ -180,14 +171,7 @@ def install() -> None:
 def read_audit(path) -> dict:
     """{mode: totals} over the audit file: calls, checked, unchecked, the COUNT_KEYS, max |grad| out of band, pids."""
     totals: dict[str, dict] = {}
-    try:
-        lines = open(path).read().splitlines()
-    except FileNotFoundError:
-        return totals
-    for line in lines:
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in read_records(path):
         t = totals.setdefault(
             rec["mode"],
             {

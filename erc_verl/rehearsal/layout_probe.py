@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import os
 import socket
 
 from erc_verl.integration.hooks import after_import, wrap
+
+from .records import append_record, read_records
 
 ENV = "ERC_VERL_LAYOUT_PROBE"
 SLOT_ENV = "ERC_VERL_WORKER_SLOT"
@@ -43,14 +44,6 @@ _MARK = "_erc_verl_layout_probe"
 _MICRO: contextvars.ContextVar = contextvars.ContextVar("erc_layout_micro", default=None)
 
 
-def _append(path: str, record: dict) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 def _record_rollout(name: str, version: str, replica_rank) -> None:
     import ray
 
@@ -58,7 +51,7 @@ def _record_rollout(name: str, version: str, replica_rank) -> None:
     if not path:
         return
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    _append(
+    append_record(
         path,
         {
             "rollout_name": name,
@@ -113,69 +106,45 @@ def _record(path: str, n_micro: int | None) -> None:
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    line = (
-        json.dumps(
-            {
-                "rank": rank,
-                "world_size": world,
-                "node_id": node_id,
-                "hostname": socket.gethostname(),
-                "pid": os.getpid(),
-                "micro_batches": n_micro,
-            }
-        )
-        + "\n"
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    record = {"rank": rank, "world_size": world, "node_id": node_id, "hostname": socket.gethostname()}
+    append_record(path, {**record, "pid": os.getpid(), "micro_batches": n_micro})
 
 
-def _patch(module) -> None:
-    path = os.environ.get(ENV)
-    engine = getattr(module, "FSDPEngine", None)
-    if not path or engine is None or getattr(engine.forward_backward_batch, _MARK, False):
-        return
-    inner_fbb = engine.forward_backward_batch
-    inner_prepare = module.prepare_micro_batches
-
+def _make_prepare_micro_batches(inner):
     def prepare_micro_batches(*args, **kwargs):
-        out = inner_prepare(*args, **kwargs)
+        out = inner(*args, **kwargs)
         box = _MICRO.get()
         if box is not None:
             box.append(len(out[0]))
         return out
 
+    return prepare_micro_batches
+
+
+def _make_forward_backward_batch(inner):
     def forward_backward_batch(self, data, loss_function, forward_only=False):
         box: list[int] = []
         token = _MICRO.set(None if forward_only else box)
         try:
-            return inner_fbb(self, data, loss_function, forward_only=forward_only)
+            return inner(self, data, loss_function, forward_only=forward_only)
         finally:
             _MICRO.reset(token)
             if not forward_only:
-                _record(path, box[0] if box else None)
+                _record(os.environ[ENV], box[0] if box else None)
 
-    setattr(forward_backward_batch, _MARK, True)
-    module.prepare_micro_batches = prepare_micro_batches
-    engine.forward_backward_batch = forward_backward_batch
+    return forward_backward_batch
+
+
+def _patch(module) -> None:
+    if os.environ.get(ENV) and getattr(module, "FSDPEngine", None) is not None:
+        wrap(module, "prepare_micro_batches", _make_prepare_micro_batches, _MARK)
+        wrap(module.FSDPEngine, "forward_backward_batch", _make_forward_backward_batch, _MARK)
 
 
 def summarize(path) -> dict:
     """{"nodes": [{"node_id", "hostname", "ranks"}], "micro_batches_per_mini_batch", ...} from a probe file."""
-    records = []
-    try:
-        text = open(path).read()
-    except OSError:
-        text = ""
-    rollouts = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    records, rollouts = [], []
+    for record in read_records(path):
         (rollouts if "rollout_name" in record else records).append(record)
     engines = sorted({(r["rollout_name"], r["rollout_version"]) for r in rollouts})
     nodes: dict[str, dict] = {}
@@ -196,17 +165,16 @@ def summarize(path) -> dict:
     }
 
 
-def _patch_placement(module) -> None:
-    resource = os.environ.get(SLOT_ENV)
-    inner = getattr(module, "placement_group", None)
-    if not resource or inner is None or getattr(inner, _MARK, False):
-        return
-
+def _make_placement_group(inner):
     def placement_group(bundles, *args, **kwargs):
-        return inner([{**b, resource: 1} for b in bundles], *args, **kwargs)
+        return inner([{**b, os.environ[SLOT_ENV]: 1} for b in bundles], *args, **kwargs)
 
-    setattr(placement_group, _MARK, True)
-    module.placement_group = placement_group
+    return placement_group
+
+
+def _patch_placement(module) -> None:
+    if os.environ.get(SLOT_ENV) and getattr(module, "placement_group", None) is not None:
+        wrap(module, "placement_group", _make_placement_group, _MARK)
 
 
 if os.environ.get(ENV):

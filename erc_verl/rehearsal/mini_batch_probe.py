@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import os
+import sys
 
-from erc_verl.integration.hooks import after_import
+from erc_verl.integration.hooks import after_import, wrap
+
+from . import records
+from .records import append_record
 
 ENV = "ERC_VERL_MINI_BATCH_PROBE"
 MODULE = "erc_verl.rehearsal.mini_batch_probe"
@@ -43,14 +46,6 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
-def _append(path: str, record: dict) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 def _make_infer_batch(inner):
     @functools.wraps(inner)
     def infer_batch(self, data, *args, **kwargs):
@@ -63,7 +58,6 @@ def _make_infer_batch(inner):
             _STATE.update({"pass": _STATE["pass"] + 1, "mini": 0, "restored": _STATE["pending_restore"]})
         return out
 
-    setattr(infer_batch, _MARK, True)
     return infer_batch
 
 
@@ -81,7 +75,6 @@ def _make_forward_backward_batch(inner, folder: str):
             _write_mini_batch(folder, micro)
             _STATE["mini"] += 1
 
-    setattr(forward_backward_batch, _MARK, True)
     return forward_backward_batch
 
 
@@ -93,7 +86,7 @@ def _write_mini_batch(folder: str, micro: list[dict]) -> None:
     dump = f"mb-{_STATE['pass']}-{_STATE['mini']}-r{rank}.pt"
     if micro:
         torch.save([m["tensors"] for m in micro], os.path.join(folder, dump))
-    _append(
+    append_record(
         os.path.join(folder, "records.ndjson"),
         {
             "rank": rank,
@@ -120,7 +113,6 @@ def _make_ppo_loss(inner):
             _observe(box, config, model_output, data)
         return inner(config, model_output, data, dp_group)
 
-    setattr(ppo_loss, _MARK, True)
     return ppo_loss
 
 
@@ -171,7 +163,6 @@ def _make_save(inner, folder: str):
             _STATE["local"] = n
         return out
 
-    setattr(save_model_to_cpu, _MARK, True)
     return save_model_to_cpu
 
 
@@ -183,7 +174,6 @@ def _make_restore(inner):
         _STATE["pending_restore"] = n == 0
         return out
 
-    setattr(restore_model_from_cpu, _MARK, True)
     return restore_model_from_cpu
 
 
@@ -200,27 +190,20 @@ def _save_weights(module, path: str) -> None:
 
 
 def _patch_engine_workers(module) -> None:
-    losses = __import__("sys").modules.get("verl.workers.utils.losses")
-    if losses is not None and not getattr(losses.ppo_loss, _MARK, False):
-        losses.ppo_loss = _make_ppo_loss(losses.ppo_loss)
+    losses = sys.modules.get("verl.workers.utils.losses")
     if losses is not None:
+        wrap(losses, "ppo_loss", _make_ppo_loss, _MARK)
         module.ppo_loss = losses.ppo_loss  # engine_workers binds ppo_loss by name for the actor's loss
-    worker = module.TrainingWorker
-    if not getattr(worker.infer_batch, _MARK, False):
-        worker.infer_batch = _make_infer_batch(worker.infer_batch)
+    wrap(module.TrainingWorker, "infer_batch", _make_infer_batch, _MARK)
 
 
 def _patch_engine(module, folder: str) -> None:
-    engine = module.FSDPEngine
-    if not getattr(engine.forward_backward_batch, _MARK, False):
-        engine.forward_backward_batch = _make_forward_backward_batch(engine.forward_backward_batch, folder)
+    wrap(module.FSDPEngine, "forward_backward_batch", lambda inner: _make_forward_backward_batch(inner, folder), _MARK)
 
 
 def _patch_detach_worker(module, folder: str) -> None:
-    worker = module.DetachActorWorker
-    if not getattr(worker.save_model_to_cpu, _MARK, False):
-        worker.save_model_to_cpu = _make_save(worker.save_model_to_cpu, folder)
-        worker.restore_model_from_cpu = _make_restore(worker.restore_model_from_cpu)
+    wrap(module.DetachActorWorker, "save_model_to_cpu", lambda inner: _make_save(inner, folder), _MARK)
+    wrap(module.DetachActorWorker, "restore_model_from_cpu", _make_restore, _MARK)
 
 
 def install(folder: str) -> None:
@@ -234,12 +217,7 @@ def install(folder: str) -> None:
 
 
 def read_records(folder) -> list[dict]:
-    path = os.path.join(str(folder), "records.ndjson")
-    try:
-        lines = open(path).read().splitlines()
-    except OSError:
-        return []
-    return [json.loads(line) for line in lines if line.strip()]
+    return records.read_records(os.path.join(str(folder), "records.ndjson"))
 
 
 if os.environ.get(ENV):  # verl imports this module in every process; only a probed run sets the folder

@@ -63,7 +63,7 @@ from .run_folder import (
 )
 from .runner import ROOT, run_main_ppo
 from .tiny_model import ModelSpec, asset_paths, build_model, build_tokenizer, prepare_assets, prompt_ids
-from .trainer_mode import TrainerMode, TrainerModeError, read_trainer_mode
+from .trainer_mode import TrainerMode, TrainerModeError, composed, read_trainer_mode
 from .watchdog import FailureWatch
 
 __all__ = [
@@ -281,21 +281,16 @@ def layout_from_env(recipe: str, recipes_dir: Path, extra: list[str], rollout: s
 
 def recipe_ulysses(recipe: str, recipes_dir: Path, extra: list[str]) -> int | None:
     """The Ulysses size the recipe (with the user's overrides) asks for; None when it cannot be composed."""
-    try:
-        from hydra import compose, initialize_config_dir
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        with initialize_config_dir(config_dir=str(recipes_dir), version_base=None):
-            cfg = compose(config_name=recipe, overrides=list(extra))
-        for key in (
-            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
-            "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
-        ):
-            value = OmegaConf.select(cfg, key, default=None)
-            if isinstance(value, int):
-                return value
-    except Exception:  # main_ppo composes it again and reports the error itself
-        return None
+    cfg = composed(recipe, recipes_dir, extra)
+    for key in (
+        "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    ):
+        value = None if cfg is None else OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, int):
+            return value
     return None
 
 

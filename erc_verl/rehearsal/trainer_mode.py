@@ -85,6 +85,17 @@ class TrainerMode:
         return data
 
 
+def composed(recipe: str, recipes_dir: Path, overrides: list[str]):
+    """The recipe with these overrides as main_ppo composes it; None where it does not compose
+    (main_ppo composes it again and reports the error itself)."""
+    from erc_verl.repro.check.compose import compose_recipe
+
+    try:
+        return compose_recipe(Path(recipes_dir).resolve(), recipe, overrides)
+    except Exception:
+        return None
+
+
 class TrainerModeError(ValueError):
     """A separate_async smoke whose sizes verl would refuse: one line naming the fix."""
 
@@ -95,13 +106,10 @@ def read_trainer_mode(recipe: str, recipes_dir: Path, extra: list[str], size_ove
     size_overrides: the smoke's own data.train_batch_size and ppo_mini_batch_size overrides (from
     overrides.smoke_overrides), composed before the user's, as the smoke applies them.
     """
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    try:
-        with initialize_config_dir(config_dir=str(Path(recipes_dir).resolve()), version_base=None):
-            cfg = compose(config_name=recipe, overrides=[*size_overrides, *extra])
-    except Exception:  # main_ppo composes it again and reports the error itself
+    cfg = composed(recipe, recipes_dir, [*size_overrides, *extra])
+    if cfg is None:
         return TrainerMode()
     if not OmegaConf.select(cfg, "trainer.use_v1", default=True):
         return TrainerMode(mode="v0")
