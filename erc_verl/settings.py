@@ -47,19 +47,13 @@ class Algorithm:
     # CE-GPPO weight on the gradient of tokens clipped above 1 + clip_ratio_high with positive
     # advantage. 1.0 is GPPO, 0.0 is plain PPO-clip.
     gppo_beta_high: float = 1.0
-    # Weight of the authors' positive-sample NLL term: coeff * agg_loss(-log_prob) over the responses
-    # counted positive (below), added to the policy loss of every loss mode and NOT gated by ERC.
-    # The paper's text has no such term: 0.0 is the paper text's objective. The authors' runs used
-    # 0.1: Kwai-Klear/ERC sets `actor_rollout_ref.actor.postive_loss_coeff=0.1` in every
-    # recipe/dapo/*_erc_1_05.sh and 0.1 is the default of its actor.yaml (their baselines had it
-    # too). Logged as actor/positive_nll. Formula: erc_verl.losses.positive_nll_loss.
+    # Weight of the authors' positive-sample NLL term (erc_verl.losses.positive_nll_loss), added to
+    # every loss mode and never gated by ERC. 0.0 is the paper text's objective; the authors' runs
+    # used 0.1 (docs/algorithm.md, "Positive-sample NLL term", cites where).
     positive_nll_coeff: float = 0.0
-    # How that term is normalised. "micro" (the authors'): by the positive tokens of each
-    # micro-batch, so the objective depends on which responses share a micro-batch (the micro-batch
-    # size, use_dynamic_bsz's token budget, the GPU count and the Ulysses size all change it).
-    # "global": by the positive tokens of the whole mini-batch across data-parallel ranks, like
-    # verl's token-mean policy loss. "global" needs erc_verl's runtime plumbing of stock verl 0.9.1's
-    # FSDP engine (a patched tree refuses it). docs/algorithm.md, "Positive-sample NLL term".
+    # "micro" (the authors'): the term is normalised by each micro-batch's positive tokens, so the
+    # micro-batching changes the objective; "global": by the whole mini-batch's over all ranks
+    # (stock verl 0.9.1's FSDP engine only; a patched tree refuses it).
     positive_nll_norm: str = "micro"
     # Which responses count as positive for that term: the summed reward before any KL penalty,
     # compared with positive_nll_reward by positive_nll_compare. "eq" with 1.0 is the authors' test
@@ -119,9 +113,8 @@ class Tooling:
     # H = 1e-4); ERC refuses it unless this names that error: set 1.0 to accept it.
     fused_entropy_accepted_rel_error: float = 0.0
     # One warning when actor/erc_keep_frac stays below this for keep_frac_floor_steps updates in a
-    # row (0 disables). A heuristic, not a measured threshold: the paper's runs keep about 80%;
-    # in the CPU study (docs/erc-at-small-scale.md) ERC kept 45% to 61% on average, raised ppo_kl
-    # 4x to 19x over PPO-clip in every setting, and kept under 60% at every drifting learning rate.
+    # row (0 disables). A heuristic: the paper's runs keep about 80%; docs/algorithm.md,
+    # "Keep-fraction floor", gives the CPU study's reasons for 0.6.
     keep_frac_floor: float = 0.6
     keep_frac_floor_steps: int = 5
 

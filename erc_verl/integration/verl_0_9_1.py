@@ -13,7 +13,6 @@ backward on (verl turns that off whenever `calculate_entropy` is set).
 import contextvars
 import functools
 import sys
-import weakref
 
 import torch
 
@@ -94,16 +93,14 @@ def _missing_entropy_error(which: str, config) -> ValueError:
     )
 
 
-# Actor configs already checked: id -> weak reference, so a new config that reuses a freed one's id
-# is checked again (the reference then points at nothing, or at another object).
-_CHECKED: dict = {}
+_CHECKED = "_erc_verl_checked"
 
 
 def _first_update_checks(config) -> None:
     """Once per actor config of an ERC run (an ERC mode, the monitor or the positive-sample NLL):
-    refuse what ERC cannot gate accurately (erc_verl.integration.support)."""
-    seen = _CHECKED.get(id(config))
-    if seen is not None and seen() is config:
+    refuse what ERC cannot gate accurately (erc_verl.integration.support). The mark lives on the
+    config object itself, so a new config is always checked."""
+    if getattr(config, "__dict__", {}).get(_CHECKED):
         return
     from .support import actor_problems
 
@@ -111,8 +108,8 @@ def _first_update_checks(config) -> None:
     if found:
         raise ValueError("erc_verl: " + found[0])
     try:
-        _CHECKED[id(config)] = weakref.ref(config)
-    except TypeError:  # not weak-referenceable: checked at every call, which is cheap
+        object.__setattr__(config, _CHECKED, True)
+    except (AttributeError, TypeError):  # no attribute dict: checked at every call, which is cheap
         pass
 
 
