@@ -321,7 +321,7 @@ def test_separate_async_h_old_is_the_cycle_start_weights(tmp_path, cache):
     proc, out, probe, steps_logged, records = _run_mode(
         tmp_path, cache, "separate_async", "trainer.v1.separate_async.parameter_sync_step=2"
     )
-    assert "# standalone rollout pool: 1 node(s) x 1 CPU worker(s) = 1 hf replica(s)" in proc.stdout
+    assert "# standalone rollout pool: 1 node(s) x 1 CPU worker(s) = 1 rollout replica(s)" in proc.stdout
     assert "data.train_batch_size=4" in proc.stdout  # 2 x the smoke's mini-batch of 2
     _staleness_next_to_erc(steps_logged, 2)
     layout = json.loads((out / "layout.json").read_text())
