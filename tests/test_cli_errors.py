@@ -14,6 +14,7 @@ import pytest
 
 from erc_verl import cli
 from erc_verl.repro import data, results
+from erc_verl.repro.check.compose import compose_verl_trainer
 from erc_verl.repro.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,15 +386,6 @@ def test_user_error_exit_status_is_2(capsys, monkeypatch, tmp_path):
 # ---- fixes suggested by the plugin's own errors -----------------------------------------------
 
 
-def _compose_ppo_trainer(overrides):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module("verl.trainer.config", version_base=None):
-        return compose("ppo_trainer", overrides=overrides)
-
-
 @pytest.mark.parametrize(
     "fix",
     [
@@ -411,12 +403,12 @@ def test_erc_band_hint_composes_on_plain_verl(fix):
         "actor_rollout_ref.actor.policy_loss.loss_mode=dapo_erc",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
     ]
-    bare = omega_conf_to_dataclass(_compose_ppo_trainer(base).actor_rollout_ref.actor)
+    bare = omega_conf_to_dataclass(compose_verl_trainer(base).actor_rollout_ref.actor)
     with pytest.raises(ValueError) as err:
         erc_band(bare)
     for part in fix:  # the message spells each override of the fix as it is run here
         assert part in str(err.value)
-    actor = omega_conf_to_dataclass(_compose_ppo_trainer([*fix, *base]).actor_rollout_ref.actor)
+    actor = omega_conf_to_dataclass(compose_verl_trainer([*fix, *base]).actor_rollout_ref.actor)
     assert erc_band(actor) == (0.95, 1.05)
 
 

@@ -22,28 +22,15 @@ def model_dir(tmp_path_factory):
     return engine_cpu.tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), vocab_size=512, hidden_size=64, layers=2)
 
 
-def sharpened(model_dir, out, factor):
-    """The tiny model with a sharper output head: a random init is near-uniform over the
-    vocabulary, where entropy barely moves; a trained policy's distributions are peaked."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(factor)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def peaked_model_dir(model_dir, tmp_path_factory):
-    return sharpened(model_dir, tmp_path_factory.mktemp("tiny_qwen2_peaked"), 30.0)
+    return engine_cpu.sharpened_qwen2(model_dir, tmp_path_factory.mktemp("tiny_qwen2_peaked"), 30.0)
 
 
 @pytest.fixture(scope="module")
 def very_peaked_model_dir(model_dir, tmp_path_factory):
     # Many positions with entropy < 1e-3, as in a trained LLM's confident tokens.
-    return sharpened(model_dir, tmp_path_factory.mktemp("tiny_qwen2_very_peaked"), 400.0)
+    return engine_cpu.sharpened_qwen2(model_dir, tmp_path_factory.mktemp("tiny_qwen2_very_peaked"), 400.0)
 
 
 @pytest.fixture(scope="module")

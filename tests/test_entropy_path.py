@@ -30,16 +30,8 @@ ERC_TARGET = "erc_verl.ERCPolicyLossConfig"
 def peaked_model_dir(tmp_path_factory):
     """A tiny Qwen2 whose output head is sharpened: many positions with H < 1e-3, where verl's
     logsumexp(z) - sum(p z) in float32 and erc_verl's kernel give different numbers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     base = engine_cpu.tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), vocab_size=512, hidden_size=64, layers=2)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(400.0)
-    out = tmp_path_factory.mktemp("tiny_qwen2_peaked")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return str(out)
+    return engine_cpu.sharpened_qwen2(base, tmp_path_factory.mktemp("tiny_qwen2_peaked"), 400.0)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from erc_verl.repro import check
+from erc_verl.repro.check.compose import compose_verl_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -322,21 +323,12 @@ def test_launcher_val_only_evaluates_at_32k():
 # The Hydra snippet for plain verl command lines (docs/hydra-snippet.md).
 
 
-def _compose_ppo_trainer(overrides):
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module("verl.trainer.config", version_base=None):
-        return compose("ppo_trainer", overrides=overrides)
-
-
 def test_hydra_snippet_selects_erc_on_plain_verl():
     from verl.utils.config import omega_conf_to_dataclass
 
     import erc_verl
 
-    cfg = _compose_ppo_trainer(
+    cfg = compose_verl_trainer(
         [
             "hydra.searchpath=[pkg://erc_verl.conf]",
             "+policy_loss@actor_rollout_ref.actor.policy_loss=erc",

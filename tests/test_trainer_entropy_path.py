@@ -62,17 +62,8 @@ pytestmark = pytest.mark.slow  # Ray + TransferQueue start (~20 s) and FSDP2 wor
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """Tiny Qwen2 with a sharpened head: a random init is near-uniform, where entropy barely moves."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     base = engine_cpu.tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"), vocab_size=512, hidden_size=64, layers=2)
-    out = tmp_path_factory.mktemp("tiny_qwen2_peaked")
-    model = AutoModelForCausalLM.from_pretrained(base)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return str(out)
+    return engine_cpu.sharpened_qwen2(base, tmp_path_factory.mktemp("tiny_qwen2_peaked"), 30.0)
 
 
 @pytest.fixture(scope="module")

@@ -28,49 +28,28 @@ from erc_verl.integration.hooks import after_import, wrap
 PLATFORM_NAME = "cpu"
 
 
+# Calls verl makes on the device module that have a fixed answer on CPU: there is no device
+# allocator to ask, so the memory counters read 0 and cache/peak/fraction calls do nothing.
+_FIXED_CALLS = {
+    **dict.fromkeys(("memory_allocated", "memory_reserved", "max_memory_allocated", "max_memory_reserved"), 0),
+    **dict.fromkeys(("empty_cache", "ipc_collect", "reset_peak_memory_stats", "set_per_process_memory_fraction"), None),
+    "get_device_name": "cpu",
+}
+
+
 class _CPUDeviceModule(types.ModuleType):
     """``torch.cpu`` plus the ``torch.cuda``-style calls verl makes on ``get_torch_device()``.
 
-    verl calls things like ``empty_cache()``, ``max_memory_allocated()``, ``mem_get_info()``
-    and ``get_rng_state()`` on the device module; ``torch.cpu`` lacks them. Memory counters
-    read 0 (there is no device allocator to ask); everything else falls through to ``torch.cpu``.
+    ``torch.cpu`` lacks calls like ``max_memory_allocated()``, ``mem_get_info()`` and
+    ``get_rng_state()``; those in _FIXED_CALLS return their fixed answer, everything else not
+    defined here falls through to ``torch.cpu``.
     """
 
     def __getattr__(self, name: str) -> Any:
+        if name in _FIXED_CALLS:
+            value = _FIXED_CALLS[name]
+            return lambda *args, **kwargs: value
         return getattr(torch.cpu, name)
-
-    # memory: no separate device memory on CPU
-    @staticmethod
-    def empty_cache() -> None:
-        return None
-
-    @staticmethod
-    def ipc_collect() -> None:
-        return None
-
-    @staticmethod
-    def memory_allocated(device=None) -> int:
-        return 0
-
-    @staticmethod
-    def memory_reserved(device=None) -> int:
-        return 0
-
-    @staticmethod
-    def max_memory_allocated(device=None) -> int:
-        return 0
-
-    @staticmethod
-    def max_memory_reserved(device=None) -> int:
-        return 0
-
-    @staticmethod
-    def reset_peak_memory_stats(device=None) -> None:
-        return None
-
-    @staticmethod
-    def set_per_process_memory_fraction(fraction, device=None) -> None:
-        return None
 
     @staticmethod
     def mem_get_info(device=None) -> tuple[int, int]:
@@ -90,13 +69,7 @@ class _CPUDeviceModule(types.ModuleType):
     def manual_seed(seed: int) -> None:
         torch.manual_seed(seed)
 
-    @staticmethod
-    def manual_seed_all(seed: int) -> None:
-        torch.manual_seed(seed)
-
-    @staticmethod
-    def get_device_name(device=None) -> str:
-        return "cpu"
+    manual_seed_all = manual_seed
 
 
 _DEVICE_MODULE = _CPUDeviceModule("erc_verl_cpu_device")

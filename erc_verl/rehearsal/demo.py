@@ -1,31 +1,9 @@
 """`erc-verl demo`: ERC end to end on CPU, through verl's own trainer, in a few minutes.
 
-What it does, in order (everything local, nothing downloaded):
-
-1. warm-up: builds the smoke run's tiny Qwen2 and its Qwen2Tokenizer (byte-level, ChatML,
-   `</think>`) and warms it up with a short supervised pass on small sums written as
-   `</think>ANSWER<|im_end|>`, so rewards vary within a group (erc_verl/rehearsal/smoke.py,
-   `prepare_assets`; cached under OUT/.cache);
-2. for each loss mode (default: `vanilla`, the DAPO baseline, PPO-clip 0.2/0.28, dual-clip 10,
-   with `entropy_ratio_monitor: true`; and `dapo_erc`, the same plus the band (0.95, 1.05)),
-   from the same warm start and seed, runs the mode's recipe (recipes/dapo_qwen1.5b.yaml,
-   recipes/dapo_erc_qwen1.5b.yaml) through `python -m verl.trainer.main_ppo` on CPU with the
-   `hf` rollout backend: the smoke run's CPU overrides (`build_smoke`) plus the demo's batch
-   shape, step count and seed. One run after the other (two at once only share 2 cores);
-3. reads verl's file-logger JSONL of both runs and the gate audit, and writes `demo.png`
-   (reward, entropy, ERC keep fraction, grad norm per step), `summary.md` and `checks.json`.
-
-The ERC gate check is a real gradient check (erc_verl/rehearsal/gate_audit.py): the demo adds
-`erc_verl.rehearsal.gate_audit` to `VERL_USE_EXTERNAL_MODULES` in the Ray runtime environment, so
-verl imports it in every worker; there it wraps the registered losses and, on every
-micro-batch of the update, takes d pg_loss / d log_prob with `torch.autograd.grad` and counts
-response tokens whose entropy ratio is out of band yet got a non-zero gradient. The check
-passes when that count is 0 for the ERC run while the baseline's is > 0 (the spy does see
-gradient where there is some).
-
-The code is split by concern: this module parses the command line and runs the steps in order;
-`demo_validate` checks the arguments, `demo_runs` builds and runs each main_ppo run,
-`demo_checks` computes the self-checks, `demo_report` writes the figure and the summary.
+This module parses the command line and runs the steps in order: the warm-up (smoke.py's
+`prepare_assets`), one main_ppo run per loss mode (demo_runs.py), the self-checks including the
+gate audit (demo_checks.py, gate_audit.py), the figure and summary (demo_report.py). What each
+step does and why: docs/demo.md.
 """
 
 from __future__ import annotations
@@ -199,7 +177,3 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
     keep = [line for line in text if "Warning" not in line and "WARNING" not in line]
     return "\n".join(keep[-lines:])
-
-
-def demo_main(args) -> int:
-    return main(args)

@@ -1,30 +1,12 @@
 """The demo's ERC gate audit: a real gradient check inside verl's actor worker processes.
 
-Under `python -m verl.trainer.main_ppo` the policy loss runs in Ray worker processes, so the
-check travels there the way any verl plugin does: the demo adds this module to
-`VERL_USE_EXTERNAL_MODULES` (verl/__init__.py imports each listed module in every process,
-driver and Ray workers alike) and names the output file in `ERC_VERL_GATE_AUDIT`; both go to
-the workers through `ray_kwargs.ray_init.runtime_env.env_vars`. Without that variable,
-importing this module installs nothing (`read_audit` and `make_spy` stay usable).
+Loaded like any verl plugin (the demo lists it in `VERL_USE_EXTERNAL_MODULES` and names the
+output file in `ERC_VERL_GATE_AUDIT`); without that variable, importing it installs nothing.
+It wraps the registered losses (d pg_loss / d log_prob per token, split by the entropy-ratio
+band) and verl's `ppo_loss` (a monitored baseline's entropies for the spy); docs/demo.md, "How
+the gate check stays a gradient check", says how and why.
 
-What it wraps, once verl's modules load (erc_verl.integration.hooks.after_import, registered
-after erc_verl's own hooks, so it wraps erc_verl's registered losses and plumbing):
-
-* every policy loss in `core_algos.POLICY_LOSS_REGISTRY` that the demo's runs can select
-  (AUDITED_MODES). After the real loss returns pg_loss, the spy takes
-  g = d pg_loss / d log_prob with `torch.autograd.grad(..., retain_graph=True)` (verl's own
-  backward still runs afterwards) and counts, per micro-batch, the response tokens whose
-  entropy ratio rho = (H_cur + 1e-8) / (H_old + 1e-8) lies outside (low, high), and how many of
-  them got g != 0; likewise inside. A token's loss reaches the weights only through its own
-  log_prob (advantages, old log-probs and entropies are constants; the demo has no entropy
-  bonus and no KL loss), so g == 0 means the token contributes nothing to the update.
-* verl's `ppo_loss` (workers/utils/losses.py), outermost: for a baseline with
-  `entropy_ratio_monitor: true` the entropies never reach the loss (erc_verl's monitor reads
-  them in its ppo_loss wrapper), so this wrapper hands the spy the same two tensors for the
-  duration of the call. An ERC loss gets them as its `entropy=` / `old_entropy=` keywords,
-  which the spy reads as the loss does.
-
-Each loss call appends one JSON line to the file (O_APPEND, one write per line):
+Each loss call appends one JSON line to the file:
 {"pid", "mode", "erc", "low", "high", "checked", "tokens", "out_of_band", "out_of_band_with_grad",
 "in_band", "in_band_with_grad", "max_abs_grad_out_of_band"}; "checked": false (with a "why")
 marks a call that could not be checked (no graph, no entropies). `read_audit` sums a file.

@@ -16,13 +16,9 @@ The rollout engine, read inside each rollout server once its engine runs: verl's
 or transformers' for `hf`). `summarize()` turns those into layout.json's `rollout_name`,
 `rollout_version` and `rollout_replicas`.
 
-Placement like a GPU cluster's (with `ERC_VERL_WORKER_SLOT` set, a layout of several nodes):
-on GPUs, verl's placement group for a node asks for one GPU per worker, so each group fills one
-node. On the CPU platform a worker's bundle asks only for a CPU, and Ray may pack every group
-onto the first node. The smoke starts each Ray node with `--resources` holding GPUS_PER_NODE
-units of the resource named in ERC_VERL_WORKER_SLOT, and this module adds one unit to every
-bundle of verl's worker placement groups (`verl.single_controller.ray.base.placement_group`,
-the one call that makes them), so each node's group lands on a node of its own, as on GPUs.
+Placement like a GPU cluster's (docs/rehearsal.md): with `ERC_VERL_WORKER_SLOT` set, every
+bundle of verl's worker placement groups (`verl.single_controller.ray.base.placement_group`)
+asks for one unit of that resource, so each node's group lands on a Ray node of its own.
 """
 
 from __future__ import annotations

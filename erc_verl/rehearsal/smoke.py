@@ -2,16 +2,8 @@
 
 `scripts/launch.sh --smoke RECIPE [hydra overrides]` calls `main()` here. The recipe is composed
 as it is; `overrides.smoke_overrides()` lists the only things changed, each with its reason,
-and the command prints them. The pieces:
-
-* tiny_model.py: the tiny Qwen2 and its Qwen2Tokenizer, warmed up on addition (cached);
-* smoke_data.py: train/val parquet in `erc-verl prepare-data`'s row layout;
-* overrides.py: the CPU overrides and the layout (world size, Ulysses size);
-* run_folder.py: one new run folder per run, `latest`, the status marker, verl's file log;
-* runner.py: main_ppo in its own process group, stopped as a whole, its console captured;
-* ray_cluster.py: the local Ray cluster of several nodes (NNODES > 1), torn down on any exit;
-* layout_probe.py: where each training rank ran, read from Ray inside the workers;
-* trainer_mode.py: the recipe's trainer mode, and what separate_async adds on CPU.
+and the command prints them. The other modules of erc_verl/rehearsal/ do the pieces
+(docs/architecture.md lists them).
 
 Every run writes a new folder runs/smoke/RECIPE/<time>/ (`latest` points at the newest that
 trained a step), or exactly DIR with `--out DIR`. `--out DIR` or `--resume DIR` of an existing
@@ -83,7 +75,6 @@ __all__ = [
 
 RECIPES_DIR = ROOT / "recipes"
 DEFAULT_OUT = Path("runs") / "smoke"
-SMOKE_MARKER = MARKER
 _SHOWN_ENV = ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES", "VERL_FILE_LOGGER_PATH")
 
 
@@ -124,6 +115,15 @@ class SmokePlan:
         return "\n".join(lines)
 
 
+def _recipe_name(recipe: str, recipes_dir: Path) -> str:
+    """The recipe's name without `.yaml`; FileNotFoundError naming the recipes when there is no such one."""
+    recipe = recipe[:-5] if recipe.endswith(".yaml") else recipe
+    if not (recipes_dir / f"{recipe}.yaml").exists():
+        names = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {recipe!r} in {recipes_dir} (available: {' '.join(names)})")
+    return recipe
+
+
 def build_smoke(
     recipe: str,
     out_dir: str | os.PathLike = DEFAULT_OUT,
@@ -154,11 +154,8 @@ def build_smoke(
     private_dir: the run's private temp dir (the Ray temp dir); with it, the run's temp files,
     sockets and caches go there, and its processes carry the /dev/shm ledger's mark.
     """
-    recipe = recipe[:-5] if recipe.endswith(".yaml") else recipe
     recipes_dir = Path(recipes_dir).resolve()
-    if not (recipes_dir / f"{recipe}.yaml").exists():
-        names = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
-        raise FileNotFoundError(f"no recipe {recipe!r} in {recipes_dir} (available: {' '.join(names)})")
+    recipe = _recipe_name(recipe, recipes_dir)
     out_dir = Path(out_dir).resolve()
     run_dir = Path(run_dir).resolve() if run_dir is not None else out_dir / recipe
     cache_dir = Path(cache_dir).resolve() if cache_dir is not None else out_dir / ".cache"
@@ -375,10 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args, t0: float) -> int:
-    recipe = args.recipe[:-5] if args.recipe.endswith(".yaml") else args.recipe
-    if not (RECIPES_DIR / f"{recipe}.yaml").exists():
-        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise SmokeError(f"no recipe {recipe!r} in {RECIPES_DIR} (available: {' '.join(names)})")
+    recipe = _recipe_name(args.recipe, RECIPES_DIR)
     if args.steps < 1:
         raise SmokeError(f"--steps must be at least 1, got {args.steps}")
     if args.out and args.resume:
@@ -435,8 +429,6 @@ def _main(args, t0: float) -> int:
         if layout.nnodes > 1
         else None
     )
-    if cluster is not None and run_dir is not None:
-        cluster._log_dir = run_dir / "logs"  # `ray start` output kept with the run
     ray_temp = None if cluster else private_temp_dir()
     kwargs = dict(
         steps=args.steps,

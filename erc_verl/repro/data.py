@@ -63,6 +63,8 @@ class SourceSpec:
 
 # Field names of the Hub sets are from their public cards; every set also accepts verl's own
 # row layout (prompt chat list + reward_model.ground_truth), which is what the Klear set uses.
+_PROMPT_FIRST, _PROBLEM_FIRST = ("prompt", "problem", "question"), ("problem", "question", "prompt")
+_GROUND_TRUTH_FIRST, _ANSWER_FIRST = ("ground_truth", "answer"), ("answer", "ground_truth")
 SOURCES: dict[str, SourceSpec] = {
     spec.name: spec
     for spec in (
@@ -74,54 +76,14 @@ SOURCES: dict[str, SourceSpec] = {
             "Kwai-Klear/KlearReasoner-MathSub-30K",
             "train",
             None,
-            ("prompt", "problem", "question"),
-            ("ground_truth", "answer"),
+            _PROMPT_FIRST,
+            _GROUND_TRUTH_FIRST,
         ),
-        SourceSpec(
-            "aime2024",
-            "test",
-            None,
-            "train",
-            "aime2024.jsonl",
-            ("prompt", "problem", "question"),
-            ("ground_truth", "answer"),
-        ),
-        SourceSpec(
-            "aime2025",
-            "test",
-            None,
-            "train",
-            "aime2025.jsonl",
-            ("prompt", "problem", "question"),
-            ("ground_truth", "answer"),
-        ),
-        SourceSpec(
-            "hmmt2025",
-            "test",
-            "MathArena/hmmt_feb_2025",
-            "train",
-            None,
-            ("problem", "question", "prompt"),
-            ("answer", "ground_truth"),
-        ),
-        SourceSpec(
-            "math500",
-            "test",
-            "HuggingFaceH4/MATH-500",
-            "test",
-            None,
-            ("problem", "question", "prompt"),
-            ("answer", "ground_truth"),
-        ),
-        SourceSpec(
-            "amc23",
-            "test",
-            "math-ai/amc23",
-            "test",
-            None,
-            ("question", "problem", "prompt"),
-            ("answer", "ground_truth"),
-        ),
+        SourceSpec("aime2024", "test", None, "train", "aime2024.jsonl", _PROMPT_FIRST, _GROUND_TRUTH_FIRST),
+        SourceSpec("aime2025", "test", None, "train", "aime2025.jsonl", _PROMPT_FIRST, _GROUND_TRUTH_FIRST),
+        SourceSpec("hmmt2025", "test", "MathArena/hmmt_feb_2025", "train", None, _PROBLEM_FIRST, _ANSWER_FIRST),
+        SourceSpec("math500", "test", "HuggingFaceH4/MATH-500", "test", None, _PROBLEM_FIRST, _ANSWER_FIRST),
+        SourceSpec("amc23", "test", "math-ai/amc23", "test", None, ("question", "problem", "prompt"), _ANSWER_FIRST),
     )
 }
 # The paper's training set first, then its benchmarks (AMC23 is from the sister paper CE-GPPO).
@@ -386,15 +348,13 @@ def _write_all(converted: dict[str, list[dict]], out_dir: Path) -> dict[str, Pat
         for name, rows in converted.items():
             temps[name] = out_dir / f".{name}.parquet.tmp-{os.getpid()}"
             write_parquet(rows, temps[name])
-    except OSError as exc:
+    except BaseException as exc:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
-        raise UserError(
-            f"cannot write to {out_dir} ({exc.strerror}); nothing written; fix: --out DIR with free space"
-        ) from None
-    except BaseException:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(
+                f"cannot write to {out_dir} ({exc.strerror}); nothing written; fix: --out DIR with free space"
+            ) from None
         raise
     paths = {}
     for name, tmp in temps.items():
@@ -416,11 +376,10 @@ def prepare(sets, out_dir: Path, files: dict[str, Path], strict: bool = False, l
         rows, origin = load_rows(spec, files.get(name))
         out, problems = convert(spec, rows, origin)
         bad = sum(problems.values())
+        details = "; ".join(f"{reason}: {n}" for reason, n in problems.most_common())
         if strict and bad:
-            details = "; ".join(f"{reason}: {n}" for reason, n in problems.most_common())
             raise DataFormatError(f"{name}: {bad} malformed row(s) in {origin} ({details}); nothing written")
         if not out:
-            details = "; ".join(f"{reason}: {n}" for reason, n in problems.most_common())
             raise DataFormatError(f"{name}: no usable row in {origin} ({details}); nothing written")
         converted[name], reports[name] = out, (origin, problems)
     paths = _write_all(converted, out_dir)

@@ -314,6 +314,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None = None) -> str:
     """Markdown table: per run the best and the final validation step, avg@n per benchmark and average."""
     per_run = {id(r): r.val_scores(var) for r in runs}
@@ -332,7 +336,7 @@ def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None =
     )
     at = "/".join(f"avg@{n}" for n in n_samples)
     header = ["run", "model", "row", "step", *columns, "average", "paper average"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines = [_row(header), "|" + "|".join(["---"] * len(header)) + "|"]
     for run in runs:
         scores = per_run[id(run)]
         full = {step: _avg(s, columns) for step, s in scores.items()}
@@ -347,18 +351,14 @@ def make_table(runs: list[Run], var: str = "acc", benchmarks: list[str] | None =
             picks = [("final", max(scores))]
         if not picks:
             lines.append(
-                "| "
-                + " | ".join([run.name, run.model or "?", "no validation", "-", *["-"] * len(columns), "-", paper_cell])
-                + " |"
+                _row([run.name, run.model or "?", "no validation", "-", *["-"] * len(columns), "-", paper_cell])
             )
             continue
         for label, step in picks:
             s = scores[step]
             cells = [_pct(s.get(b)) for b in columns]
             lines.append(
-                "| "
-                + " | ".join([run.name, run.model or "?", label, str(step), *cells, _pct(_avg(s, columns)), paper_cell])
-                + " |"
+                _row([run.name, run.model or "?", label, str(step), *cells, _pct(_avg(s, columns)), paper_cell])
             )
     notes = [
         "",

@@ -25,19 +25,14 @@ clipping and the step), and the parameters before and after the update.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from typing import Any
 
 import torch
 
+from erc_verl.rehearsal.ray_cluster import free_port
+
 CASE_KEYS = ("name", "policy_loss", "temperature", "layout", "bsz", "mini", "micro", "seed")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shard_order(bsz: int, mini: int, micro: int, dp: int) -> list[list[int]]:
@@ -199,6 +194,6 @@ def run_layout(dp: int, sp: int, cases: list[dict], model_dir: str) -> list[dict
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "results.pt")
         mp.start_processes(
-            _child, args=(world, _free_port(), dp, sp, model_dir, cases, out), nprocs=world, start_method="spawn"
+            _child, args=(world, free_port(), dp, sp, model_dir, cases, out), nprocs=world, start_method="spawn"
         )
         return torch.load(out, weights_only=False)

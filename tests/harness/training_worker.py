@@ -28,7 +28,6 @@ os.environ.setdefault("VERL_PLATFORM", "cpu")
 # The char tokenizer is tiny; avoid the fork warning from HF tokenizers in tests.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import socket  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -37,6 +36,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from erc_verl.cpu.platform import install_if_selected, register_cpu_platform  # noqa: E402
+from erc_verl.rehearsal.ray_cluster import free_port  # noqa: E402
 
 # erc_verl may have been imported (through verl's entry point) before the line above set
 # VERL_PLATFORM; make the CPU platform resolvable in this process now.
@@ -151,25 +151,33 @@ def tiny_qwen2(
     return str(model_dir)
 
 
+def sharpened_qwen2(model_dir: str | os.PathLike, out: str | os.PathLike, factor: float) -> str:
+    """The model with its output head scaled by ``factor``, saved to ``out``: a random init is
+    near-uniform over the vocabulary, where entropy barely moves; a trained policy's distributions
+    are peaked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(factor)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return str(out)
+
+
 # ----------------------------------------------------------------------------------------
 # process group + worker
 # ----------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_single_process_group(backend: str = "gloo") -> None:
     """Start a one-rank process group (idempotent) and set the env verl's Worker reads."""
     if not dist.is_initialized():
         os.environ["MASTER_ADDR"] = "127.0.0.1"
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
     # verl's Worker.__init__ reads these (and writes them back); keep them consistent.
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     for key, val in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
         os.environ[key] = val
     if not dist.is_initialized():

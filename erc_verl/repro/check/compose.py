@@ -61,6 +61,13 @@ def compose_recipe(config_dir: Path, name: str, overrides=()):
         return compose(config_name=name, overrides=list(overrides))
 
 
+def compose_verl_trainer(overrides=()):
+    """verl's own ppo_trainer config, composed as a plain verl command line starts from it."""
+    import verl
+
+    return compose_recipe(Path(verl.__file__).parent / "trainer" / "config", "ppo_trainer", overrides)
+
+
 def parse_overrides(overrides) -> list:
     """Hydra's own parse of KEY=VALUE overrides (what `compose` would do with them)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

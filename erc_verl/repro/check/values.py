@@ -9,14 +9,11 @@ def verl_defaults():
     """verl 0.9.1's own ppo_trainer config, resolved (the types its code expects), cached."""
     global _VERL_DEFAULTS
     if _VERL_DEFAULTS is None:
-        from hydra import compose, initialize_config_module
-        from hydra.core.global_hydra import GlobalHydra
         from omegaconf import OmegaConf
 
-        GlobalHydra.instance().clear()
-        with initialize_config_module("verl.trainer.config", version_base=None):
-            base = compose("ppo_trainer")
-        _VERL_DEFAULTS = OmegaConf.to_container(base, resolve=False)
+        from .compose import compose_verl_trainer
+
+        _VERL_DEFAULTS = OmegaConf.to_container(compose_verl_trainer(), resolve=False)
     return _VERL_DEFAULTS
 
 
