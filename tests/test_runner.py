@@ -9,7 +9,11 @@ from erc_verl.rehearsal.runner import OutputError, run_main_ppo
 from erc_verl.rehearsal.smoke import SmokePlan
 
 # About 2 MB of output, far more than a pipe holds (64 KiB on Linux): a writer nobody reads blocks.
-LOUD = "import sys\nfor i in range(40000):\n    print('x' * 48, i)\nsys.stdout.buffer.write(b'\\xff\\n')\n"
+# The text layer is flushed before the raw byte, so the byte is the last line whatever the buffering.
+LOUD = (
+    "import sys\nfor i in range(40000):\n    print('x' * 48, i)\n"
+    "sys.stdout.flush()\nsys.stdout.buffer.write(b'\\xff\\n')\n"
+)
 
 
 def _plan(tmp_path, script):
