@@ -60,30 +60,11 @@ def build(model_dir, loss_mode, coeff, micro=MICRO, **policy_loss):
     )
 
 
-def record_grads(worker):
-    """The full gradient of every parameter at each optimizer step, keyed like the HF model."""
-    steps = []
-    real_step = worker.engine.optimizer_step
-
-    def optimizer_step():
-        grads = {}
-        for name, p in worker.engine.module.named_parameters():
-            g = p.grad
-            if g is not None and hasattr(g, "full_tensor"):
-                g = g.full_tensor()
-            grads[name] = None if g is None else g.detach().clone()
-        steps.append(grads)
-        return real_step()
-
-    worker.engine.optimizer_step = optimizer_step
-    return steps
-
-
 def update(worker, rollout, rewards, field="token_level_rewards", layout="nested", entropy_scale=1.0):
     batch, advantages = rollout
     old_log_probs, old_entropy = engine_cpu.compute_old_log_prob(worker, batch, temperature=1.0, layout=layout)
     reference_model = engine_cpu.rollout_model(worker)  # the weights the update starts from
-    steps = record_grads(worker)
+    steps = engine_cpu.record_gradients(worker)
     metrics = engine_cpu.update_actor(
         worker,
         batch,

@@ -73,10 +73,12 @@ def test_huge_input_is_truncated_and_fast():
     assert reward.extract_answer(early) == early[-reward.MAX_ANSWER_CHARS :]
 
 
-def test_hard_timeout_bounds_a_pathological_input():
+def test_hard_timeout_bounds_a_pathological_input(monkeypatch, capsys):
     reward.compute_score("w", "</think>1", "1")  # warm a helper so startup is not timed
     pathological = "</think>\\boxed{9^{9^{9^{9^{9}}}}}"
+    monkeypatch.setitem(reward.STATS, "timeouts", 0)
     before = reward.STATS["timeouts"]
+    capsys.readouterr()
     start = time.perf_counter()
     # math_verify's own timeout off: only the helper-kill bound can stop this.
     out = score(pathological, "2", timeout_s=1.5, inner_timeout_s=0)
@@ -84,6 +86,9 @@ def test_hard_timeout_bounds_a_pathological_input():
     assert out == {"score": -1.0, "acc": 0.0}
     assert reward.STATS["timeouts"] == before + 1
     assert elapsed < 4
+    # scored wrong, and said so: one line naming the setting to raise
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "took over 1.5 s and were scored wrong" in line and "reward_kwargs.timeout_s" in line
     # The pool recovers: the next check gets a fresh helper and works.
     assert score("</think>\\boxed{540}", "540")["acc"] == 1.0
 

@@ -124,10 +124,6 @@ class _LocalHandle:
 
 def test_rollout_weights_equal_actor_after_update(tiny_model):
     from harness import training_worker as engine
-    from omegaconf import OmegaConf
-    from verl.workers.engine_workers import ActorRolloutRefWorker
-
-    from erc_verl.cpu.rollout import HFServerAdapter
 
     worker = engine.build_actor_worker(tiny_model, lr=0.05, ppo_mini_batch_size=4, micro_batch_size=4)
     before = engine.get_params(worker)
@@ -138,35 +134,7 @@ def test_rollout_weights_equal_actor_after_update(tiny_model):
     assert any(not torch.equal(before[k], after[k]) for k in after), "the update step changed nothing"
 
     server = _server(tiny_model)
-    rollout_cfg = OmegaConf.create(
-        {
-            "name": "hf",
-            "tensor_model_parallel_size": 1,
-            "data_parallel_size": 1,
-            "pipeline_model_parallel_size": 1,
-            "prompt_length": 32,
-            "response_length": 8,
-        }
-    )
-    adapter = HFServerAdapter.__new__(HFServerAdapter)  # skip BaseRollout's dataclass conversion
-    adapter.config = types.SimpleNamespace(**rollout_cfg)
-    adapter.replica_rank, adapter.is_leader, adapter.sleep_level = 0, True, 0
-    adapter._server = _LocalHandle(server)
-
-    # verl's own naive weight sync (engine_workers.ActorRolloutRefWorker.update_weights)
-    fake_self = types.SimpleNamespace(
-        config=OmegaConf.create(
-            {"rollout": {"name": "hf", "free_cache_engine": False, "checkpoint_engine": {"backend": "naive"}}}
-        ),
-        rollout=adapter,
-        actor=types.SimpleNamespace(engine=worker.engine),
-        layered_summon=False,
-        peft_merge=False,
-        base_sync_done=True,
-    )
-    update = ActorRolloutRefWorker.update_weights
-    update = getattr(update, "__wrapped__", update)
-    asyncio.run(update(fake_self, global_steps=1, mode="naive"))
+    _naive_sync(server, worker, steps=(1,))
 
     synced = server.get_weights()
     assert server.weight_version == 1 and server.global_steps == 1
@@ -185,11 +153,32 @@ def _adapter_for(server):
     return adapter
 
 
+def _naive_sync(server, worker, steps, base_sync_done=True, after_each=lambda step: None):
+    """verl's own naive weight sync (engine_workers.ActorRolloutRefWorker.update_weights) from the
+    worker's engine into the server, once per global step; `after_each(step)` checks each."""
+    from omegaconf import OmegaConf
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    fake_self = types.SimpleNamespace(
+        config=OmegaConf.create(
+            {"rollout": {"name": "hf", "free_cache_engine": False, "checkpoint_engine": {"backend": "naive"}}}
+        ),
+        rollout=_adapter_for(server),
+        actor=types.SimpleNamespace(engine=worker.engine),
+        layered_summon=False,
+        peft_merge=False,
+        base_sync_done=base_sync_done,
+    )
+    update = ActorRolloutRefWorker.update_weights
+    update = getattr(update, "__wrapped__", update)
+    for step in steps:
+        asyncio.run(update(fake_self, global_steps=step, mode="naive"))
+        after_each(step)
+
+
 @pytest.mark.parametrize("base_sync_done", [False, True])  # load_format=dummy: the base is synced first
 def test_rollout_serves_the_actors_lora_adapter_after_update(tiny_model, base_sync_done):
     from harness import training_worker as engine
-    from omegaconf import OmegaConf
-    from verl.workers.engine_workers import ActorRolloutRefWorker
 
     worker = engine.build_actor_worker(
         tiny_model,
@@ -206,22 +195,12 @@ def test_rollout_serves_the_actors_lora_adapter_after_update(tiny_model, base_sy
     assert (actor_lp - old_lp).abs().max() > 1e-3
 
     server = _server(tiny_model)
-    fake_self = types.SimpleNamespace(
-        config=OmegaConf.create(
-            {"rollout": {"name": "hf", "free_cache_engine": False, "checkpoint_engine": {"backend": "naive"}}}
-        ),
-        rollout=_adapter_for(server),
-        actor=types.SimpleNamespace(engine=worker.engine),
-        layered_summon=False,
-        peft_merge=False,
-        base_sync_done=base_sync_done,
-    )
-    update = ActorRolloutRefWorker.update_weights
-    update = getattr(update, "__wrapped__", update)
-    for step in (1, 2):  # the second sync adds the adapter to the base again, not to the merged weights
-        asyncio.run(update(fake_self, global_steps=step, mode="naive"))
+
+    def matches_actor(step):  # the second sync adds the adapter to the base again, not to the merged weights
         assert server.global_steps == step
         torch.testing.assert_close(_server_log_probs(server, batch), actor_lp, rtol=0, atol=2e-5)
+
+    _naive_sync(server, worker, steps=(1, 2), base_sync_done=base_sync_done, after_each=matches_actor)
 
 
 def _server_log_probs(server, batch):

@@ -185,6 +185,20 @@ def _close_pool() -> None:
 STATS = {"checks": 0, "timeouts": 0}
 
 
+def _say_timeout(timeout_s: float) -> None:
+    """One stderr line at this process's 1st, 2nd, 4th, 8th, ... timeout: a timed-out check is
+    scored wrong, and a bound too tight for the data would otherwise pass for a weak policy."""
+    n = STATS["timeouts"]
+    if n & (n - 1) == 0:
+        print(
+            f"erc_verl reward: {n} of {STATS['checks']} answer checks in this process took over "
+            f"{timeout_s:g} s and were scored wrong; if this repeats, raise "
+            "reward.custom_reward_function.reward_kwargs.timeout_s (or ERC_VERL_REWARD_TIMEOUT)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def extract_answer(solution_str: str) -> str | None:
     """The text after the last `</think>` (its last MAX_ANSWER_CHARS), or None if never closed."""
     cut = solution_str.rfind(THINK_CLOSE)
@@ -211,6 +225,7 @@ def is_equivalent(answer: str, gold: str, timeout_s: float | None = None, inner_
     if reply is None:
         STATS["timeouts"] += 1
         pool.discard(helper)
+        _say_timeout(timeout_s)
         return False
     pool.release(helper)
     return bool(reply.get("ok", False))

@@ -71,27 +71,6 @@ def _select(batch, idx):
     return batch[torch.tensor(idx)]
 
 
-def record_gradients(worker) -> list[dict[str, torch.Tensor]]:
-    """The full gradient of every parameter at each optimizer step, as the engine is about to clip
-    and step (every rank must record: gathering a sharded gradient is a collective)."""
-    steps: list[dict[str, torch.Tensor]] = []
-    real_step = worker.engine.optimizer_step
-
-    def optimizer_step():
-        grads = {}
-        for name, param in worker.engine.module.named_parameters():
-            grad = param.grad
-            if grad is not None and hasattr(grad, "full_tensor"):
-                grad = grad.full_tensor()
-            if grad is not None:
-                grads[name] = grad.detach().clone()
-        steps.append(grads)
-        return real_step()
-
-    worker.engine.optimizer_step = optimizer_step
-    return steps
-
-
 def _child(rank: int, world: int, port: int, dp: int, sp: int, model_dir: str, cases: list, out_path: str):
     os.environ.update(
         VERL_PLATFORM="cpu",
@@ -142,7 +121,7 @@ def _child(rank: int, world: int, port: int, dp: int, sp: int, model_dir: str, c
             dist.broadcast_object_list(shared, src=dp_rank * sp, group=sp_groups[dp_rank])
             old_lp, old_ent = shared
             params_before = tw.get_params(worker)
-            grads = record_gradients(worker)
+            grads = tw.record_gradients(worker)
             metrics = tw.update_actor(
                 worker,
                 part,

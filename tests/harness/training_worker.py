@@ -603,6 +603,27 @@ def update_actor(
 # ----------------------------------------------------------------------------------------
 
 
+def record_gradients(worker) -> list[dict[str, torch.Tensor]]:
+    """The full gradient of every parameter at each optimizer step, as the engine is about to clip
+    and step (every rank must record: gathering a sharded gradient is a collective)."""
+    steps: list[dict[str, torch.Tensor]] = []
+    real_step = worker.engine.optimizer_step
+
+    def optimizer_step():
+        grads = {}
+        for name, param in worker.engine.module.named_parameters():
+            grad = param.grad
+            if grad is not None and hasattr(grad, "full_tensor"):
+                grad = grad.full_tensor()
+            if grad is not None:
+                grads[name] = grad.detach().clone()
+        steps.append(grads)
+        return real_step()
+
+    worker.engine.optimizer_step = optimizer_step
+    return steps
+
+
 def get_params(worker) -> dict[str, torch.Tensor]:
     """Full (unsharded) copies of the actor's parameters, keyed by HF name."""
     per_tensor, _ = worker.engine.get_per_tensor_param()
