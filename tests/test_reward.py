@@ -76,15 +76,14 @@ def test_huge_input_is_truncated_and_fast():
 def test_hard_timeout_bounds_a_pathological_input(monkeypatch, capsys):
     reward.compute_score("w", "</think>1", "1")  # warm a helper so startup is not timed
     pathological = "</think>\\boxed{9^{9^{9^{9^{9}}}}}"
-    monkeypatch.setitem(reward.STATS, "timeouts", 0)
-    before = reward.STATS["timeouts"]
+    monkeypatch.setitem(reward.STATS, "timeouts", 0)  # the first timeout of this process: it is said
     capsys.readouterr()
     start = time.perf_counter()
     # math_verify's own timeout off: only the helper-kill bound can stop this.
     out = score(pathological, "2", timeout_s=1.5, inner_timeout_s=0)
     elapsed = time.perf_counter() - start
     assert out == {"score": -1.0, "acc": 0.0}
-    assert reward.STATS["timeouts"] == before + 1
+    assert reward.STATS["timeouts"] == 1
     assert elapsed < 4
     # scored wrong, and said so: one line naming the setting to raise
     (line,) = capsys.readouterr().err.splitlines()

@@ -134,7 +134,7 @@ def test_rollout_weights_equal_actor_after_update(tiny_model):
     assert any(not torch.equal(before[k], after[k]) for k in after), "the update step changed nothing"
 
     server = _server(tiny_model)
-    _naive_sync(server, worker, steps=(1,))
+    _naive_sync(server, worker)(1)
 
     synced = server.get_weights()
     assert server.weight_version == 1 and server.global_steps == 1
@@ -153,9 +153,9 @@ def _adapter_for(server):
     return adapter
 
 
-def _naive_sync(server, worker, steps, base_sync_done=True, after_each=lambda step: None):
-    """verl's own naive weight sync (engine_workers.ActorRolloutRefWorker.update_weights) from the
-    worker's engine into the server, once per global step; `after_each(step)` checks each."""
+def _naive_sync(server, worker, base_sync_done=True):
+    """`sync(step)`: verl's own naive weight sync (engine_workers.ActorRolloutRefWorker.update_weights)
+    from the worker's engine into the server, for that global step."""
     from omegaconf import OmegaConf
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
@@ -171,9 +171,7 @@ def _naive_sync(server, worker, steps, base_sync_done=True, after_each=lambda st
     )
     update = ActorRolloutRefWorker.update_weights
     update = getattr(update, "__wrapped__", update)
-    for step in steps:
-        asyncio.run(update(fake_self, global_steps=step, mode="naive"))
-        after_each(step)
+    return lambda step: asyncio.run(update(fake_self, global_steps=step, mode="naive"))
 
 
 @pytest.mark.parametrize("base_sync_done", [False, True])  # load_format=dummy: the base is synced first
@@ -195,12 +193,11 @@ def test_rollout_serves_the_actors_lora_adapter_after_update(tiny_model, base_sy
     assert (actor_lp - old_lp).abs().max() > 1e-3
 
     server = _server(tiny_model)
-
-    def matches_actor(step):  # the second sync adds the adapter to the base again, not to the merged weights
+    sync = _naive_sync(server, worker, base_sync_done)
+    for step in (1, 2):  # the second sync adds the adapter to the base again, not to the merged weights
+        sync(step)
         assert server.global_steps == step
         torch.testing.assert_close(_server_log_probs(server, batch), actor_lp, rtol=0, atol=2e-5)
-
-    _naive_sync(server, worker, steps=(1, 2), base_sync_done=base_sync_done, after_each=matches_actor)
 
 
 def _server_log_probs(server, batch):

@@ -10,8 +10,8 @@ own processes mapped.
 Which processes are the run's: every process of the run carries `ERC_VERL_RUN_LEDGER=<file>` in its
 environment (the smoke sets it for main_ppo and in Ray's runtime env; vLLM's spawned engine and
 worker processes inherit it), and no other process has that value. While the run goes, a thread
-reads /proc/<pid>/environ and /proc/<pid>/maps of those processes five times a second and appends each
-/dev/shm name they map to the ledger file in the run folder. This needs no hook inside vLLM: its
+reads /proc/<pid>/environ and /proc/<pid>/maps of those processes five times a second and appends
+each /dev/shm name they map to the ledger file in the run folder. This needs no hook inside vLLM: its
 engine-core process never imports verl, so a hook could not see what it creates. At the end (done,
 failed or interrupted) `remove()` unlinks the recorded names that still exist.
 
@@ -60,7 +60,7 @@ class ShmLedger:
     """`with ShmLedger(path):` records what the run maps in /dev/shm; `remove()` unlinks it afterwards."""
 
     # vLLM's worker maps one multiprocessing semaphore only while it starts (about 1.5 s seen on
-    # 2 cores), and nobody maps it afterwards; a scan takes about 1 ms.
+    # 2 cores), and nobody maps it afterwards; a scan takes under 1 ms.
     def __init__(self, path: Path, interval: float = 0.2):
         self.path = Path(path)
         self.interval = interval
